@@ -1,0 +1,35 @@
+"""The small interface every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..sshconfig import ResolvedHop
+
+#: called with the index of the hop being connected and the hop
+ProgressCallback = Callable[[int, ResolvedHop], None]
+
+
+class Backend(Protocol):
+    """Connect a chain of hops, forward ports through it, run commands on its end."""
+
+    def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
+                timeout: float = 10.0, keepalive: int = 15) -> None:
+        """Connect every hop in order; raise a :class:`TunnelError` naming the failing hop."""
+
+    def run(self, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
+        """Run ``command`` on the last hop; return exit status, stdout and stderr."""
+
+    def forward_local(self, local_port: int, remote_host: str, remote_port: int) -> int:
+        """Listen on 127.0.0.1:``local_port`` (0: any) and forward to the last hop's view
+        of ``remote_host:remote_port``; return the port bound."""
+
+    def alive(self) -> bool:
+        """Whether every hop's connection is up."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: bytes_in, bytes_out, connections (open now), connections_total."""
+
+    def close(self) -> None:
+        """Stop listening and close every hop; idempotent."""

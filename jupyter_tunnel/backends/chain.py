@@ -1,0 +1,272 @@
+"""A chain of paramiko SSH transports, each next hop riding a channel of the previous.
+
+Host keys are checked on every hop (``hostkeys.verify``) before any
+authentication is attempted; failures become typed errors naming the hop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import paramiko
+import paramiko.pipe
+
+from .. import hostkeys
+from ..errors import AuthError, ForwardingRefused, HopTimeout, HopUnreachable, TunnelError
+from ..sshconfig import ResolvedHop
+from .base import ProgressCallback
+
+log = logging.getLogger("jupyter_tunnel")
+
+
+class _LockedPipe(paramiko.pipe.PosixPipe):  # type: ignore[misc]
+    """paramiko's event pipe with set/clear/close serialised.
+
+    Without this a forwarding thread's ``Channel.close()`` can close the pipe
+    while the transport thread writes to it; the EBADF/EPIPE kills the transport
+    and every forward with it (paramiko issues 1157, 2271).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                super().close()
+
+    def clear(self) -> None:
+        with self._lock:
+            if not self._closed:
+                super().clear()
+
+    def set(self) -> None:
+        with self._lock:
+            if not self._closed:
+                super().set()
+
+    def set_forever(self) -> None:
+        with self._lock:
+            super().set_forever()
+
+
+def _install_pipe_fix() -> None:
+    if os.name == "posix" and paramiko.pipe.make_pipe is not _LockedPipe:
+        paramiko.pipe.make_pipe = _LockedPipe
+
+
+_install_pipe_fix()
+
+
+def _load_identities(hop: ResolvedHop) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Keys to offer, as (description, PKey), and notes on keys that were skipped."""
+    offered: list[tuple[str, Any]] = []
+    notes: list[str] = []
+    file_blobs: set[bytes] = set()
+    file_keys: list[tuple[str, Any]] = []
+    for path in hop.identity_files:
+        if not os.path.exists(path):
+            continue
+        try:
+            key = paramiko.PKey.from_path(path)
+        except paramiko.PasswordRequiredException:
+            notes.append(f"{path} is encrypted: add it to ssh-agent (ssh-add {path})")
+            pub = path + ".pub"
+            if os.path.exists(pub):
+                with contextlib.suppress(Exception):
+                    file_blobs.add(paramiko.PublicBlob.from_file(pub).key_blob)
+            continue
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            notes.append(f"{path} cannot be read: {exc}")
+            continue
+        file_blobs.add(key.asbytes())
+        file_keys.append((path, key))
+    try:
+        agent_keys = list(paramiko.Agent().get_keys()) if os.environ.get("SSH_AUTH_SOCK") else []
+    except (paramiko.SSHException, OSError):
+        agent_keys = []
+    for key in agent_keys:
+        if hop.identities_only and key.asbytes() not in file_blobs:
+            continue
+        offered.append((f"agent key {key.fingerprint}", key))
+    agent_blobs = {k.asbytes() for k in agent_keys}
+    offered.extend(item for item in file_keys if item[1].asbytes() not in agent_blobs)
+    return offered, notes
+
+
+class HopChain:
+    """Connected transports, first hop first."""
+
+    def __init__(self) -> None:
+        self.transports: list[paramiko.Transport] = []
+        self.hops: list[ResolvedHop] = []
+
+    def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None,
+                timeout: float, keepalive: int) -> None:
+        """Connect all hops in order; on failure close what was opened and raise."""
+        try:
+            for index, hop in enumerate(chain):
+                if progress:
+                    progress(index, hop)
+                sock = self._open_socket(hop, timeout)
+                self.transports.append(self._handshake(hop, sock, timeout, keepalive))
+                self.hops.append(hop)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_socket(self, hop: ResolvedHop, timeout: float) -> Any:
+        t = hop.connect_timeout or timeout
+        if not self.transports:
+            try:
+                sock = socket.create_connection((hop.hostname, hop.port), timeout=t)
+            except socket.gaierror:
+                raise HopUnreachable(
+                    f"cannot resolve {hop.label}: no such host name. Check the name or the "
+                    "HostName in your ssh config", hop=hop.alias) from None
+            except TimeoutError:
+                raise HopTimeout(
+                    f"{hop.label} did not answer within {t:g} s: is it up and reachable from "
+                    "here? (ConnectTimeout sets the limit)", hop=hop.alias) from None
+            except ConnectionRefusedError:
+                raise HopUnreachable(
+                    f"{hop.label} refused the connection: no SSH server listens on port "
+                    f"{hop.port}", hop=hop.alias) from None
+            except OSError as exc:
+                raise HopUnreachable(
+                    f"cannot reach {hop.label}: {exc.strerror or exc}", hop=hop.alias) from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        prev, prev_hop = self.transports[-1], self.hops[-1]
+        try:
+            return prev.open_channel(
+                "direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=t)
+        except paramiko.ChannelException as exc:
+            if exc.code == 1:  # administratively prohibited
+                raise ForwardingRefused(
+                    f"{prev_hop.label} does not allow TCP forwarding, so it cannot be a jump "
+                    f"host for {hop.alias} (AllowTcpForwarding in its sshd_config)",
+                    hop=prev_hop.alias) from None
+            raise HopUnreachable(
+                f"{prev_hop.alias} could not connect to {hop.label}: {exc.text or 'refused'}. "
+                f"Is {hop.alias} up, and is its name right as {prev_hop.alias} sees it?",
+                hop=hop.alias) from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HopUnreachable(
+                f"connection to {prev_hop.label} was lost while reaching {hop.alias}: {exc}",
+                hop=prev_hop.alias) from None
+
+    def _handshake(self, hop: ResolvedHop, sock: Any, timeout: float,
+                   keepalive: int) -> paramiko.Transport:
+        t = hop.connect_timeout or timeout
+        transport = paramiko.Transport(sock)
+        transport.banner_timeout = t
+        transport.handshake_timeout = t
+        known = hostkeys.preferred_types(hop)
+        if known:
+            opts = transport.get_security_options()
+            supported = list(opts.key_types)
+            opts.key_types = [k for k in known if k in supported] + [
+                k for k in supported if k not in known]
+        try:
+            transport.start_client(timeout=t)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            transport.close()
+            text = str(exc) or type(exc).__name__
+            if "timeout" in text.lower() or isinstance(exc, TimeoutError):
+                raise HopTimeout(f"{hop.label} did not complete the SSH handshake within "
+                                 f"{t:g} s", hop=hop.alias) from None
+            raise HopUnreachable(f"SSH handshake with {hop.label} failed: {text}. Is an SSH "
+                                 f"server listening on port {hop.port}?", hop=hop.alias) from None
+        try:
+            key = transport.get_remote_server_key()
+            hostkeys.verify(hop, key.get_name(), key.asbytes())
+            self._authenticate(hop, transport, t)
+        except BaseException:
+            transport.close()
+            raise
+        interval = hop.server_alive_interval if hop.server_alive_interval is not None else keepalive
+        if interval > 0:
+            transport.set_keepalive(interval)
+        return transport
+
+    def _authenticate(self, hop: ResolvedHop, transport: paramiko.Transport, t: float) -> None:
+        keys, notes = _load_identities(hop)
+        tried: list[str] = []
+        for desc, key in keys:
+            tried.append(desc)
+            try:
+                transport.auth_publickey(hop.user, key)
+            except paramiko.BadAuthenticationType as exc:
+                raise AuthError(
+                    f"{hop.label} does not accept public keys for {hop.user} (it allows: "
+                    f"{', '.join(exc.allowed_types) or 'nothing'}); jupyter_tunnel logs in with "
+                    "keys only", hop=hop.alias) from None
+            except paramiko.AuthenticationException:
+                continue
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise AuthError(f"{hop.label} closed the connection during authentication as "
+                                f"{hop.user}: {exc}", hop=hop.alias) from None
+            if transport.is_authenticated():
+                return
+        what = ", ".join(tried) if tried else "no key was found"
+        extra = ("; " + "; ".join(notes)) if notes else ""
+        raise AuthError(
+            f"{hop.label} refused to log in {hop.user}: tried {what}{extra}. Check User and "
+            "IdentityFile for this host in your ssh config, or add the key to ssh-agent",
+            hop=hop.alias)
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """Run ``command`` on the last hop."""
+        transport, hop = self.transports[-1], self.hops[-1]
+        try:
+            chan = transport.open_session(timeout=timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HopUnreachable(f"cannot open a session on {hop.label}: {exc}",
+                                 hop=hop.alias) from None
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            out, err = bytearray(), bytearray()
+            stderr_thread = threading.Thread(
+                target=lambda: err.extend(chan.makefile_stderr("rb").read()), daemon=True)
+            stderr_thread.start()
+            out.extend(chan.makefile("rb").read())
+            stderr_thread.join(timeout)
+            status = chan.recv_exit_status()
+        except (TimeoutError, socket.timeout):
+            raise HopTimeout(f"a command on {hop.label} did not finish within {timeout:g} s",
+                             hop=hop.alias) from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HopUnreachable(f"lost {hop.label} while running a command: {exc}",
+                                 hop=hop.alias) from None
+        finally:
+            chan.close()
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def alive(self) -> bool:
+        """True while every transport is active."""
+        return bool(self.transports) and all(t.is_active() for t in self.transports)
+
+    def close(self) -> None:
+        """Close transports, last hop first."""
+        for transport in reversed(self.transports):
+            with contextlib.suppress(Exception):
+                transport.close()
+        self.transports.clear()
+        self.hops.clear()
+
+
+def is_port_in_use_error(exc: OSError) -> bool:
+    """Whether a bind failed because the address is taken."""
+    return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+
+
+__all__ = ["HopChain", "TunnelError", "is_port_in_use_error"]

@@ -1,0 +1,399 @@
+"""`jupyter tunnel`: open, list, inspect and close tunnels from a shell (starts no server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, NoReturn
+
+from jupyter_core.application import JupyterApp
+from traitlets import Bool, List, Unicode, default
+
+from ._version import __version__
+from .errors import SpecError, TunnelError
+from .manager import TunnelManager
+from .spec import build_spec
+from .tunnel import State, Tunnel
+
+_common_flags: dict[str, Any] = {
+    "json": ({"BaseTunnelApp": {"json_output": True}}, "Print JSON instead of text."),
+    "debug": ({"Application": {"log_level": 10}}, "Log debug messages."),
+}
+
+
+class BaseTunnelApp(JupyterApp):
+    """Shared parts of the `jupyter tunnel` subcommands."""
+
+    version = __version__
+    classes = [TunnelManager]
+    flags = _common_flags
+    aliases = {"ssh-config": "TunnelManager.ssh_config", "log-level": "Application.log_level"}
+    json_output = Bool(False, help="Print JSON instead of text.").tag(config=True)
+    owner_kind = "cli"
+
+    @default("config_file_name")
+    def _config_file_name_default(self) -> str:
+        return "jupyter_tunnel_config"
+
+    def manager(self) -> TunnelManager:
+        """A manager configured from this app's config."""
+        if not hasattr(self, "_manager"):
+            self._manager = TunnelManager(parent=self, owner=self.owner_kind)
+        return self._manager
+
+    def say(self, text: str) -> None:
+        """Progress for people, on stderr; silent with --json."""
+        if not self.json_output:
+            print(text, file=sys.stderr, flush=True)
+
+    def fail(self, exc: TunnelError) -> NoReturn:
+        """Report an error and exit non-zero."""
+        if self.json_output:
+            print(json.dumps(exc.to_dict()), flush=True)
+        else:
+            print(f"jupyter tunnel: error: {exc.message}", file=sys.stderr, flush=True)
+        self.exit(2 if isinstance(exc, SpecError) else 1)
+
+    def name_arg(self) -> str:
+        if len(self.extra_args) != 1:
+            self.fail(SpecError(f"give exactly one tunnel name (got {len(self.extra_args)})"))
+        return str(self.extra_args[0])
+
+
+def _progress(app: BaseTunnelApp) -> Any:
+    def on_event(tunnel: Tunnel, event: str) -> None:
+        if event == "hop":
+            hop = tunnel.chain[tunnel.hop_index]
+            n = len(tunnel.chain)
+            app.say(f"  [{tunnel.hop_index + 1}/{n}] connecting to {hop.label} as {hop.user}")
+        elif event == "launch":
+            app.say(f"  starting JupyterLab on {tunnel.chain[-1].alias}")
+        elif event == "state" and tunnel.state is State.DETECTING:
+            app.say(f"  looking for a running Jupyter server on {tunnel.chain[-1].alias}")
+    return on_event
+
+
+class OpenApp(BaseTunnelApp):
+    """jupyter tunnel open."""
+
+    name = "jupyter-tunnel-open"
+    description = """Open a tunnel to the JupyterLab running on TARGET, through jump hosts.
+
+    TARGET is an ssh-config alias, user@host or user@host:port. Jump hosts are given with
+    --via (repeatable, or comma separated as with ssh -J, first hop first) or as a phrase:
+    `jupyter tunnel open beast via unicorn`. The tunnel is ready once the remote Jupyter
+    answers through it; its URL is printed, and it stays open until Ctrl-C (or, with
+    --detach, until `jupyter tunnel close NAME`)."""
+    examples = """
+    jupyter tunnel open beast --via unicorn
+    jupyter tunnel open alice@beast.example.org:2222 --via gate,unicorn --local-port 9999
+    jupyter tunnel open beast via unicorn --detach --json
+    """
+    aliases = {
+        **BaseTunnelApp.aliases,
+        "via": "OpenApp.via",
+        "name": "OpenApp.tunnel_name",
+        "local-port": "OpenApp.local_port",
+        "remote-port": "OpenApp.remote_port",
+        "backend": "TunnelManager.backend",
+    }
+    flags = {
+        **_common_flags,
+        "launch": ({"OpenApp": {"launch": True}},
+                   "Start JupyterLab on the target (through your login shell) if none runs."),
+        "detach": ({"OpenApp": {"detach": True}},
+                   "Return once ready and keep the tunnel open in a background process."),
+    }
+    via = List(Unicode(), help="Jump hosts, first hop first (repeatable or comma separated).")\
+        .tag(config=True)
+    tunnel_name = Unicode("", help="Name of the tunnel (default: the target's name).")\
+        .tag(config=True)
+    local_port = Unicode("", help="Local port to listen on (default: a free one).")\
+        .tag(config=True)
+    remote_port = Unicode("", help="Port of the remote Jupyter, when several run.")\
+        .tag(config=True)
+    launch = Bool(False, help="Start JupyterLab on the target if none runs.").tag(config=True)
+    detach = Bool(False, help="Keep the tunnel in a background process.").tag(config=True)
+    detached_child = Bool(False, help="(internal) run as the background process of --detach")\
+        .tag(config=True)
+
+    def start(self) -> None:
+        try:
+            spec = build_spec(
+                " ".join(self.extra_args) if self.extra_args else "",
+                self.via, name=self.tunnel_name or None, local_port=self.local_port,
+                remote_port=self.remote_port, launch=self.launch,
+            )
+        except TunnelError as exc:
+            self.fail(exc)
+        if self.detach and not self.detached_child:
+            self._spawn_detached()
+            return
+        manager = self.manager()
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: stop.set())
+        t0 = time.monotonic()
+        tunnel: Tunnel | None = None
+        try:
+            tunnel = manager.prepare(spec, _progress(self))
+            self.say(f"Opening tunnel {tunnel.name}: {' -> '.join(tunnel.hops)}")
+            manager.start(tunnel)
+        except TunnelError as exc:
+            self.fail(exc)
+        except KeyboardInterrupt:
+            if tunnel is not None:
+                tunnel.close()
+            self.say("interrupted")
+            self.exit(130)
+        info = tunnel.to_dict()
+        if self.detached_child:
+            print(json.dumps(info), flush=True)
+            _go_quiet()
+        elif self.json_output:
+            print(json.dumps(info), flush=True)
+        else:
+            self.say(f"Ready in {time.monotonic() - t0:.2f} s: {tunnel.chain[-1].alias}'s "
+                     f"Jupyter (port {info['remote_port']}) on 127.0.0.1:{info['local_port']}")
+            print(info["url"], flush=True)
+            self.say("Press Ctrl-C to close the tunnel.")
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        tunnel.close()
+        self.say(f"Tunnel {tunnel.name} closed.")
+
+    def _spawn_detached(self) -> None:
+        argv = [sys.executable, "-m", "jupyter_tunnel", "open", *self.argv_for_child()]
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 stderr=None if not self.json_output else subprocess.DEVNULL,
+                                 start_new_session=True, text=True)
+        assert child.stdout is not None
+        try:
+            line = child.stdout.readline()
+        except KeyboardInterrupt:
+            child.terminate()
+            child.wait()
+            self.exit(130)
+        child.stdout.close()
+        try:
+            info = json.loads(line) if line.strip() else None
+        except ValueError:
+            info = None
+        if not info or "error" in info and info.get("error") and "state" not in info:
+            code = child.wait()
+            if info:
+                self.fail(TunnelError(info["error"], hop=info.get("hop")))
+            self.fail(TunnelError(f"the background tunnel process exited with status {code}"))
+        if self.json_output:
+            print(json.dumps(info), flush=True)
+        else:
+            self.say(f"Tunnel {info['name']} ready in the background (pid {child.pid}); "
+                     f"close it with: jupyter tunnel close {info['name']}")
+            print(info["url"], flush=True)
+
+    def argv_for_child(self) -> list[str]:
+        """The same request, for the background process (no secrets: none are ever in argv)."""
+        args = [str(a) for a in self.extra_args]
+        for hop in self.via:
+            args += ["--via", hop]
+        for flag, value in (("--name", self.tunnel_name), ("--local-port", self.local_port),
+                            ("--remote-port", self.remote_port)):
+            if value:
+                args += [flag, value]
+        manager = self.manager()
+        if manager.ssh_config:
+            args += ["--ssh-config", manager.ssh_config]
+        args += ["--backend", manager.backend]
+        if self.launch:
+            args.append("--launch")
+        if self.config_file:
+            args += [f"--config={self.config_file}"]
+        return [*args, "--json", "--OpenApp.detached_child=True"]
+
+
+def _go_quiet() -> None:
+    """Detach stdio from the parent once ready, so its pipe can close."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _row(record: dict[str, Any]) -> str:
+    hops = " -> ".join(record.get("hops") or [])
+    port = record.get("local_port") or "-"
+    state = record.get("state", "?")
+    err = record.get("error") or {}
+    extra = f"  ({err.get('error')})" if err else ""
+    return f"{record['name']:<16} {state:<12} 127.0.0.1:{port:<6} {hops:<32} pid {record.get('pid')}"\
+        f" {record.get('owner', '')}{extra}"
+
+
+class ListApp(BaseTunnelApp):
+    """jupyter tunnel list."""
+
+    name = "jupyter-tunnel-list"
+    description = "List all of your tunnels, whichever process owns them."
+
+    def start(self) -> None:
+        records = self.manager().list()
+        if self.json_output:
+            print(json.dumps([_public(r) for r in records]), flush=True)
+            return
+        if not records:
+            print("No tunnels.")
+            return
+        print(f"{'NAME':<16} {'STATE':<12} {'LOCAL':<16} {'HOPS':<32} OWNER")
+        for record in records:
+            print(_row(record))
+
+
+class StatusApp(BaseTunnelApp):
+    """jupyter tunnel status NAME."""
+
+    name = "jupyter-tunnel-status"
+    description = "Show one tunnel: state, hops, ports and URL."
+
+    def start(self) -> None:
+        try:
+            record = self.manager().status(self.name_arg())
+        except TunnelError as exc:
+            self.fail(exc)
+        if self.json_output:
+            print(json.dumps(_public(record)), flush=True)
+            return
+        for key in ("name", "state", "hops", "local_port", "remote_port", "url", "owner", "pid",
+                    "reconnects", "error"):
+            value = record.get(key)
+            if key == "hops":
+                value = " -> ".join(value or [])
+            elif key == "since":
+                value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value or 0))
+            elif key == "error" and value:
+                value = value.get("error")
+            print(f"{key + ':':<13}{value if value is not None else '-'}")
+
+
+class CloseApp(BaseTunnelApp):
+    """jupyter tunnel close NAME | --all."""
+
+    name = "jupyter-tunnel-close"
+    description = "Close a tunnel (a detached one is ended through its own process)."
+    flags = {**_common_flags, "all": ({"CloseApp": {"all": True}}, "Close all your tunnels.")}
+    all = Bool(False, help="Close all of your tunnels that a command-line process owns.")\
+        .tag(config=True)
+
+    def start(self) -> None:
+        manager = self.manager()
+        if self.all:
+            if self.extra_args:
+                self.fail(SpecError("give a tunnel name or --all, not both"))
+            names = [r["name"] for r in manager.list()]
+        else:
+            names = [self.name_arg()]
+        closed, errors = [], []
+        for name in names:
+            try:
+                closed.append(_public(manager.close(name)))
+                self.say(f"closed {name}")
+            except TunnelError as exc:
+                if not self.all:
+                    self.fail(exc)
+                errors.append(exc.to_dict() | {"name": name})
+                self.say(f"not closed {name}: {exc.message}")
+        if self.json_output:
+            print(json.dumps({"closed": closed, "errors": errors}), flush=True)
+        if errors:
+            self.exit(1)
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as printed: every field, in a stable order."""
+    return {k: record[k] for k in sorted(record)}
+
+
+class DemoApp(BaseTunnelApp):
+    """jupyter tunnel demo."""
+
+    name = "jupyter-tunnel-demo"
+    description = """Start a throwaway SSH network on this machine (a jump host 'unicorn' and a
+    host 'beast' running Jupyter, in network namespaces when run as root) and open
+    'beast via unicorn' through it. Ctrl-C removes everything it made."""
+
+    def start(self) -> None:
+        from .sandbox import Sandbox, SandboxError
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        sandbox = Sandbox(log=self.say)
+        try:
+            try:
+                self.say("Starting the demo network (unicorn, beast and a Jupyter server)...")
+                sandbox.start()
+            except SandboxError as exc:
+                self.fail(TunnelError(str(exc)))
+            self.say(f"  ssh config: {sandbox.ssh_config}")
+            manager = TunnelManager(parent=self, owner="cli", ssh_config=str(sandbox.ssh_config))
+            try:
+                tunnel = manager.open(build_spec("beast", ["unicorn"], name=None),
+                                      _progress(self))
+            except TunnelError as exc:
+                self.fail(exc)
+            info = tunnel.to_dict()
+            if self.json_output:
+                print(json.dumps(info), flush=True)
+            else:
+                self.say(f"Tunnel {tunnel.name} ready: beast via unicorn on "
+                         f"127.0.0.1:{tunnel.local_port}")
+                print(info["url"], flush=True)
+                self.say("Try it from another shell with: "
+                         f"jupyter tunnel open beast --via unicorn --ssh-config "
+                         f"{sandbox.ssh_config}")
+                self.say("Press Ctrl-C to close the tunnel and remove the demo network.")
+            try:
+                while not stop.wait(0.5):
+                    pass
+            except KeyboardInterrupt:
+                pass
+            manager.close_all()
+        finally:
+            sandbox.stop()
+            self.say("Demo network removed.")
+
+
+class TunnelApp(BaseTunnelApp):
+    """jupyter tunnel."""
+
+    name = "jupyter-tunnel"
+    description = "Reach a remote JupyterLab through SSH jump hosts in one step."
+    examples = """
+    jupyter tunnel open beast --via unicorn
+    jupyter tunnel list
+    jupyter tunnel close beast
+    jupyter tunnel demo
+    """
+    subcommands = {
+        "open": (OpenApp, OpenApp.description.splitlines()[0]),
+        "list": (ListApp, ListApp.description),
+        "status": (StatusApp, StatusApp.description),
+        "close": (CloseApp, CloseApp.description),
+        "demo": (DemoApp, DemoApp.description.splitlines()[0]),
+    }
+
+    def start(self) -> None:
+        if self.subapp is None:
+            print(f"Usage: jupyter tunnel {{{','.join(self.subcommands)}}} ...  (see --help)",
+                  file=sys.stderr)
+            self.exit(2)
+        super().start()
+
+
+main = TunnelApp.launch_instance

@@ -1,0 +1,217 @@
+"""Find the Jupyter servers running on the last hop, and check one through the tunnel.
+
+Discovery reads the runtime ``jpserver-<pid>.json`` files over an SSH exec
+channel, so it works when ``jupyter`` is not on the PATH of a non-interactive
+session (an environment that is not activated).  The remote commands are fixed
+text; nothing from input is ever put into them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shlex
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import RemoteJupyterNotFound, RemoteJupyterNotReady
+
+MARK = "@@jupyter_tunnel@@"
+
+# Prints, for every jpserver file: a marker line "MARK <alive 0|1> <mtime> <path>", then the file.
+_DISCOVER = r"""
+found=0
+show() {
+  for f in "$1"/jpserver-*.json; do
+    [ -f "$f" ] || continue
+    found=1
+    p=${f##*/jpserver-}; p=${p%.json}
+    case "$p" in *[!0-9]*|'') continue;; esac
+    if [ -d "/proc/$p" ] || kill -0 "$p" 2>/dev/null; then a=1; else a=0; fi
+    m=$(stat -c %Y "$f" 2>/dev/null || stat -f %m "$f" 2>/dev/null || echo 0)
+    printf '\n%s %s %s %s\n' '@@jupyter_tunnel@@' "$a" "$m" "$f"
+    cat "$f" 2>/dev/null
+  done
+}
+seen=
+for d in "${JUPYTER_RUNTIME_DIR:-}" "${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" \
+         "$HOME/Library/Jupyter/runtime"; do
+  [ -n "$d" ] && [ -d "$d" ] || continue
+  case " $seen " in *" $d "*) continue;; esac
+  seen="$seen $d"
+  show "$d"
+done
+if [ "$found" = 0 ] && command -v jupyter >/dev/null 2>&1; then
+  d=$(jupyter --runtime-dir 2>/dev/null) && [ -d "$d" ] && show "$d"
+fi
+exit 0
+"""
+
+# Started through the user's login shell so that a profile which sets up conda or a venv applies.
+_LAUNCH = r"""
+log="${XDG_CACHE_HOME:-$HOME/.cache}/jupyter_tunnel"
+mkdir -p "$log" && chmod 700 "$log"
+exec "${SHELL:-/bin/sh}" -lc '
+if ! command -v jupyter >/dev/null 2>&1; then
+  echo "jupyter is not on the PATH of a login shell" >&2; exit 127
+fi
+cd "$HOME" || exit 1
+nohup jupyter lab --no-browser --ip=127.0.0.1 </dev/null >"$1/launch.log" 2>&1 &
+echo started $!
+' sh "$log"
+"""
+
+
+def discover_command() -> str:
+    """The remote command that lists runtime files (fixed text, quoted for ``sh -c``)."""
+    return "sh -c " + shlex.quote(_DISCOVER)
+
+
+def launch_command() -> str:
+    """The remote command that starts ``jupyter lab`` in the background."""
+    return "sh -c " + shlex.quote(_LAUNCH)
+
+
+@dataclass(frozen=True)
+class RemoteServer:
+    """One Jupyter server found on the remote host."""
+
+    port: int
+    pid: int
+    alive: bool
+    mtime: float
+    base_url: str = "/"
+    hostname: str = "localhost"
+    secure: bool = False
+    root_dir: str = ""
+    version: str = ""
+    password: bool = False
+    token: str = field(default="", repr=False)
+    file: str = ""
+
+    @property
+    def forward_host(self) -> str:
+        """The address to forward to, as the remote host sees it."""
+        if self.hostname in ("", "0.0.0.0", "*", "localhost", "127.0.0.1"):  # noqa: S104
+            return "127.0.0.1"
+        if self.hostname in ("::", "::1"):
+            return "::1"
+        return self.hostname
+
+
+def parse_discovery(output: str) -> list[RemoteServer]:
+    """Parse what :func:`discover_command` printed."""
+    servers: list[RemoteServer] = []
+    chunks = output.split("\n" + MARK + " ")
+    for chunk in chunks[1:]:
+        header, _, body = chunk.partition("\n")
+        parts = header.split(" ", 2)
+        if len(parts) != 3:
+            continue
+        alive, mtime, path = parts
+        try:
+            info = json.loads(body)
+        except ValueError:
+            continue
+        if not isinstance(info, dict):
+            continue
+        try:
+            port = int(info.get("port") or 0)
+            pid = int(info.get("pid") or 0)
+        except (TypeError, ValueError):
+            continue
+        if port <= 0 or info.get("sock"):
+            continue  # a server on a UNIX socket cannot be forwarded as TCP here
+        base_url = str(info.get("base_url") or "/")
+        if not base_url.endswith("/"):
+            base_url += "/"
+        if not base_url.startswith("/"):
+            base_url = "/" + base_url
+        servers.append(RemoteServer(
+            port=port, pid=pid, alive=alive == "1",
+            mtime=float(mtime) if mtime.replace(".", "", 1).isdigit() else 0.0,
+            base_url=base_url, hostname=str(info.get("hostname") or "localhost"),
+            secure=bool(info.get("secure")), root_dir=str(info.get("root_dir") or ""),
+            version=str(info.get("version") or ""), password=bool(info.get("password")),
+            token=str(info.get("token") or ""), file=path,
+        ))
+    return servers
+
+
+def choose(servers: list[RemoteServer], host: str, remote_port: int | None) -> RemoteServer:
+    """The newest live server, or the one on ``remote_port``; else a clear error."""
+    live = [s for s in servers if s.alive]
+    if remote_port is not None:
+        for server in sorted(live, key=lambda s: s.mtime, reverse=True):
+            if server.port == remote_port:
+                return server
+        ports = ", ".join(str(s.port) for s in live) or "none"
+        raise RemoteJupyterNotFound(
+            f"no running Jupyter server on {host} listens on port {remote_port} (running: "
+            f"{ports}). Leave out --remote-port to use the newest one", hop=host)
+    if not live:
+        stale = len(servers)
+        note = f" ({stale} stale runtime file(s) of stopped servers were ignored)" if stale else ""
+        raise RemoteJupyterNotFound(
+            f"no running Jupyter server found on {host}{note}. Start one there "
+            "(jupyter lab --no-browser), or use --launch to have jupyter_tunnel start it", hop=host)
+    return max(live, key=lambda s: (s.mtime, s.pid))
+
+
+def local_url(server: RemoteServer, local_port: int, *, with_token: bool = True) -> str:
+    """The URL that opens the remote JupyterLab through the tunnel."""
+    scheme = "https" if server.secure else "http"
+    url = f"{scheme}://127.0.0.1:{local_port}{server.base_url}lab"
+    if with_token and server.token:
+        url += "?token=" + server.token
+    return url
+
+
+def status_once(server: RemoteServer, local_port: int, timeout: float) -> int:
+    """``GET {base_url}api/status`` through the tunnel; the HTTP status (0: no answer)."""
+    conn: http.client.HTTPConnection
+    if server.secure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the certificate names the remote host, not 127.0.0.1
+        conn = http.client.HTTPSConnection("127.0.0.1", local_port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=timeout)
+    headers = {"Authorization": f"token {server.token}"} if server.token else {}
+    path = f"{server.base_url}api/status" if server.token or not server.password else \
+        f"{server.base_url}login"
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+def wait_ready(server: RemoteServer, local_port: int, host: str, timeout: float,
+               sleep: Callable[[float], None] = time.sleep) -> None:
+    """Poll ``api/status`` until it answers 200; raise a clear error after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    status = 0
+    while True:
+        status = status_once(server, local_port, min(5.0, timeout))
+        if status == 200:
+            return
+        if status in (401, 403):
+            raise RemoteJupyterNotReady(
+                f"the Jupyter server on {host} (port {server.port}) refused its own token "
+                f"(HTTP {status}); it may have restarted: try again", hop=host)
+        if time.monotonic() + delay > deadline:
+            break
+        sleep(delay)
+        delay = min(delay * 2, 0.5)
+    what = f"HTTP {status}" if status else "no answer"
+    raise RemoteJupyterNotReady(
+        f"the Jupyter server on {host} (port {server.port}) did not answer api/status through "
+        f"the tunnel within {timeout:g} s ({what})", hop=host)

@@ -1,0 +1,102 @@
+"""Typed errors of the tunnel engine.
+
+Every error carries a message a person can act on, the hop it concerns (if any)
+and whether trying again later can help.  Front ends map these to exit codes,
+HTTP statuses or widget messages in one place each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TunnelError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+    #: whether the same operation may succeed if tried again later
+    retryable: bool = False
+
+    def __init__(self, message: str, *, hop: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hop = hop
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def kind(self) -> str:
+        """A stable machine-readable name, e.g. ``host-key``."""
+        return _KINDS.get(type(self), "error")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used by ``--json`` and the registry."""
+        return {"error": self.message, "kind": self.kind, "hop": self.hop}
+
+
+class SpecError(TunnelError, ValueError):
+    """The request itself is malformed: bad host name, port, option."""
+
+
+class ConfigError(TunnelError):
+    """The ssh config or a key file cannot be used as it is."""
+
+
+class HostKeyError(TunnelError):
+    """A hop's host key is unknown or does not match known_hosts."""
+
+
+class AuthError(TunnelError):
+    """The server refused every key we offered."""
+
+
+class HopUnreachable(TunnelError):
+    """A hop's address cannot be resolved or connected to."""
+
+    retryable = True
+
+
+class HopTimeout(HopUnreachable):
+    """A hop did not answer in time."""
+
+
+class ForwardingRefused(TunnelError):
+    """A server refused to open a forwarding channel."""
+
+
+class PortInUse(TunnelError):
+    """The local port asked for is taken."""
+
+
+class RemoteJupyterNotFound(TunnelError):
+    """No usable Jupyter server runs on the last hop."""
+
+
+class RemoteJupyterNotReady(TunnelError):
+    """The remote Jupyter did not answer ``api/status`` through the tunnel."""
+
+    retryable = True
+
+
+class TunnelNotFound(TunnelError):
+    """No tunnel of that name is known."""
+
+
+class TunnelExists(TunnelError):
+    """A live tunnel of that name already exists."""
+
+
+_KINDS: dict[type[TunnelError], str] = {
+    SpecError: "bad-request",
+    ConfigError: "config",
+    HostKeyError: "host-key",
+    AuthError: "auth",
+    HopUnreachable: "unreachable",
+    HopTimeout: "timeout",
+    ForwardingRefused: "forwarding-refused",
+    PortInUse: "port-in-use",
+    RemoteJupyterNotFound: "jupyter-not-found",
+    RemoteJupyterNotReady: "jupyter-not-ready",
+    TunnelNotFound: "not-found",
+    TunnelExists: "exists",
+}

@@ -1,0 +1,219 @@
+"""TunnelManager: opens, tracks and closes this process's tunnels; configurable traits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from traitlets import Enum, Float, Int, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from . import procinfo
+from .errors import SpecError, TunnelError, TunnelNotFound
+from .registry import Registry
+from .spec import TunnelSpec, check_name
+from .sshconfig import SSHConfig, resolve_chain
+from .tunnel import EventCallback, Settings, State, Tunnel
+
+
+class TunnelManager(LoggingConfigurable):
+    """Owns the tunnels of one process and records them in the user's registry."""
+
+    ssh_config = Unicode(
+        "",
+        help="""OpenSSH client config file used to resolve hosts (HostName, User, Port,
+        IdentityFile, ProxyJump, UserKnownHostsFile, StrictHostKeyChecking, ServerAlive*,
+        ConnectTimeout). Empty means ~/.ssh/config followed by /etc/ssh/ssh_config, as ssh does;
+        a file given here is read alone, as with `ssh -F`.""",
+    ).tag(config=True)
+
+    connect_timeout = Float(
+        10.0,
+        help="Seconds to wait for each hop to accept the TCP connection and the SSH handshake, "
+        "unless the ssh config sets ConnectTimeout for that host.",
+    ).tag(config=True)
+
+    keepalive_interval = Int(
+        15,
+        help="Seconds between SSH keepalive messages on every hop, unless the ssh config sets "
+        "ServerAliveInterval for that host. 0 turns keepalives off.",
+    ).tag(config=True)
+
+    keepalive_count_max = Int(
+        3,
+        help="Unanswered keepalives after which a hop counts as dead, unless the ssh config "
+        "sets ServerAliveCountMax.",
+    ).tag(config=True)
+
+    ready_timeout = Float(
+        15.0,
+        help="Seconds to wait for the remote Jupyter to answer api/status through the tunnel "
+        "before the open fails.",
+    ).tag(config=True)
+
+    launch_timeout = Float(
+        60.0,
+        help="Seconds to wait for a JupyterLab started with --launch to come up on the remote.",
+    ).tag(config=True)
+
+    backend = Enum(
+        ["auto", "sshtunnel"],
+        "auto",
+        help="How SSH is spoken: 'sshtunnel' (in process, paramiko and sshtunnel; the only one "
+        "so far) or 'auto'.",
+    ).tag(config=True)
+
+    registry_dir = Unicode(
+        "",
+        help="Folder of the tunnel registry. Empty means <jupyter runtime dir>/jupyter_tunnel.",
+    ).tag(config=True)
+
+    owner = Unicode("python", help="What kind of process owns the tunnels: cli, server, kernel.")
+
+    @default("log")
+    def _default_log(self) -> Any:
+        import logging
+
+        return logging.getLogger("jupyter_tunnel")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._tunnels: dict[str, Tunnel] = {}
+        self._lock = threading.Lock()
+        self.registry = Registry(self.registry_dir or None)
+
+    def settings(self) -> Settings:
+        """The engine settings from the traits."""
+        return Settings(
+            connect_timeout=self.connect_timeout,
+            keepalive_interval=self.keepalive_interval,
+            keepalive_count_max=self.keepalive_count_max,
+            ready_timeout=self.ready_timeout,
+            launch_timeout=self.launch_timeout,
+            backend=self.backend,
+        )
+
+    def prepare(self, spec: TunnelSpec, on_event: EventCallback | None = None) -> Tunnel:
+        """Resolve the spec and build a tunnel, not yet opened."""
+        config = SSHConfig(spec.ssh_config or self.ssh_config or None)
+        chain = resolve_chain(spec.target, spec.via, config)
+        name = spec.name or self.registry.unique_name(spec.default_name())
+        tunnel = Tunnel(spec, chain, name, settings=self.settings(), registry=self.registry,
+                        owner=self.owner)
+        if on_event is not None:
+            tunnel.on_event(on_event)
+        return tunnel
+
+    def open(self, spec: TunnelSpec, on_event: EventCallback | None = None) -> Tunnel:
+        """Open a tunnel and wait until it is ready; raise a :class:`TunnelError` if it cannot."""
+        tunnel = self.prepare(spec, on_event)
+        self.start(tunnel)
+        return tunnel
+
+    def start(self, tunnel: Tunnel) -> None:
+        """Open a prepared tunnel (blocking) and keep track of it."""
+        with self._lock:
+            if tunnel.name in self._tunnels:
+                from .errors import TunnelExists
+
+                raise TunnelExists(f"a tunnel named {tunnel.name!r} is already open here")
+            self._tunnels[tunnel.name] = tunnel
+        tunnel.on_event(self._forget_closed)
+        try:
+            tunnel.open()
+        except BaseException:
+            with self._lock:
+                self._tunnels.pop(tunnel.name, None)
+            raise
+        self.log.info("tunnel %s ready on 127.0.0.1:%s", tunnel.name, tunnel.local_port)
+
+    def _forget_closed(self, tunnel: Tunnel, event: str) -> None:
+        if tunnel.state in (State.CLOSED, State.FAILED):
+            with self._lock:
+                if self._tunnels.get(tunnel.name) is tunnel:
+                    del self._tunnels[tunnel.name]
+
+    def get(self, name: str) -> Tunnel:
+        """A tunnel of this process by name."""
+        with self._lock:
+            tunnel = self._tunnels.get(name)
+        if tunnel is None:
+            raise TunnelNotFound(f"no tunnel named {name!r} in this process")
+        return tunnel
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every tunnel of the user (this process's live view first, then the registry)."""
+        with self._lock:
+            mine = {name: t.to_dict() for name, t in self._tunnels.items()}
+        records = []
+        for record in self.registry.all():
+            if record["name"] in mine:
+                continue
+            if record["orphaned"]:
+                record["state"] = "orphaned"
+            records.append(record)
+        return sorted([*mine.values(), *records], key=lambda r: r["name"])
+
+    def status(self, name: str) -> dict[str, Any]:
+        """One tunnel's JSON, from this process or the registry."""
+        check_name(name)
+        for record in self.list():
+            if record["name"] == name:
+                return record
+        raise TunnelNotFound(f"no tunnel named {name!r}; 'jupyter tunnel list' shows them all")
+
+    def close(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Close a tunnel of this process, or end the detached CLI process that owns it."""
+        check_name(name)
+        with self._lock:
+            tunnel = self._tunnels.pop(name, None)
+        if tunnel is not None:
+            tunnel.close()
+            return tunnel.to_dict()
+        record = self.registry.read(name)
+        if record is None:
+            raise TunnelNotFound(f"no tunnel named {name!r}; 'jupyter tunnel list' shows them all")
+        pid, started = int(record.get("pid", 0)), record.get("started")
+        if not procinfo.is_alive(pid, started):
+            self.registry.remove(name, owner_pid=pid)
+            record["state"] = "closed"
+            return record
+        if record.get("owner") != "cli" or not _is_our_cli(pid):
+            raise SpecError(
+                f"tunnel {name!r} belongs to a {record.get('owner')} process (pid {pid}); close it "
+                "there (the notebook or the JupyterLab panel that opened it)")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and procinfo.is_alive(pid, started):
+            time.sleep(0.05)
+        if procinfo.is_alive(pid, started):
+            raise TunnelError(f"the process of tunnel {name!r} (pid {pid}) did not stop within "
+                              f"{timeout:g} s")
+        self.registry.remove(name, owner_pid=pid)
+        record["state"] = "closed"
+        return record
+
+    def close_all(self) -> list[dict[str, Any]]:
+        """Close every tunnel this process owns."""
+        with self._lock:
+            names = list(self._tunnels)
+        closed = []
+        for name in names:
+            with contextlib.suppress(TunnelError):
+                closed.append(self.close(name))
+        return closed
+
+    def tunnels(self) -> list[Tunnel]:
+        """This process's tunnels."""
+        with self._lock:
+            return [t for t in self._tunnels.values() if t.state is not State.CLOSED]
+
+
+def _is_our_cli(pid: int) -> bool:
+    """Whether ``pid`` runs the jupyter_tunnel command (never signal a process that is not ours)."""
+    argv = procinfo.cmdline(pid) or []
+    return any("jupyter_tunnel" in a or "jupyter-tunnel" in a for a in argv)

@@ -1,0 +1,54 @@
+"""Facts about local processes: start time and command line, to prove ownership.
+
+A pid alone proves nothing (pids are reused); pid plus start time does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """The process's argv, or None if it is gone or hidden."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_alive(pid: int, started: int | None) -> bool:
+    """True when ``pid`` runs and is the same process that started at ``started``."""
+    if pid <= 0:
+        return False
+    if not Path("/proc/self/stat").exists():  # no procfs: fall back to a signal probe
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    now = start_time(pid)
+    return now is not None and (started is None or now == started)
+
+
+def self_identity() -> tuple[int, int | None]:
+    """This process's pid and start time."""
+    pid = os.getpid()
+    return pid, start_time(pid)

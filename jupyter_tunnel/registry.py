@@ -1,0 +1,141 @@
+"""The on-disk record of every tunnel of this user, whichever process owns it.
+
+One JSON file per tunnel in a 0700 folder under the Jupyter runtime dir, each
+0600 and replaced atomically; a lock file serialises read-modify-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import procinfo
+from .errors import ConfigError, TunnelExists
+from .spec import check_name
+
+FOLDER = "jupyter_tunnel"
+
+
+def default_dir() -> Path:
+    """``<jupyter runtime dir>/jupyter_tunnel``."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    return Path(jupyter_runtime_dir()) / FOLDER
+
+
+class Registry:
+    """A folder of tunnel records."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else default_dir()
+
+    def _ensure(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.path.lstat()
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"registry folder {self.path} is not a folder; remove it")
+        if info.st_uid != os.getuid():
+            raise ConfigError(f"registry folder {self.path} belongs to another user; remove it")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(self.path, 0o700)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the registry's exclusive lock (between processes and threads)."""
+        self._ensure()
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _file(self, name: str) -> Path:
+        return self.path / f"{check_name(name)}.json"
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """The record of ``name``, or None."""
+        try:
+            data = json.loads(self._file(name).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write (replace) the record of ``record['name']`` atomically, mode 0600."""
+        self._ensure()
+        target = self._file(record["name"])
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh, indent=1, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def update(self, name: str, owner_pid: int, **changes: Any) -> bool:
+        """Change fields of a record this owner holds; False if it is gone or not ours."""
+        with self.lock():
+            record = self.read(name)
+            if record is None or record.get("pid") != owner_pid:
+                return False
+            record.update(changes)
+            self.write(record)
+            return True
+
+    def claim(self, record: dict[str, Any]) -> None:
+        """Create the record, unless a live tunnel already holds the name."""
+        with self.lock():
+            old = self.read(record["name"])
+            if old is not None and procinfo.is_alive(old.get("pid", 0), old.get("started")):
+                raise TunnelExists(
+                    f"a tunnel named {record['name']!r} is already open (pid {old.get('pid')}); "
+                    "close it first or choose another --name"
+                )
+            self.write(record)
+
+    def unique_name(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``… whichever no live tunnel holds."""
+        for n in range(1, 1000):
+            name = base if n == 1 else f"{base[:58]}-{n}"
+            old = self.read(name)
+            if old is None or not procinfo.is_alive(old.get("pid", 0), old.get("started")):
+                return name
+        raise TunnelExists(f"too many tunnels named {base}-N")
+
+    def remove(self, name: str, owner_pid: int | None = None) -> bool:
+        """Remove the record (only if ``owner_pid`` holds it, when given)."""
+        with self.lock():
+            record = self.read(name)
+            if record is None:
+                return False
+            if owner_pid is not None and record.get("pid") != owner_pid:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                self._file(name).unlink()
+            return True
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every readable record, with ``orphaned`` set where the owner is gone."""
+        if not self.path.is_dir():
+            return []
+        records = []
+        for file in sorted(self.path.glob("*.json")):
+            record = self.read(file.stem)
+            if record is None:
+                continue
+            record["orphaned"] = not procinfo.is_alive(record.get("pid", 0), record.get("started"))
+            records.append(record)
+        return records
