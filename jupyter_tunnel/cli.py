@@ -40,6 +40,40 @@ class BaseTunnelApp(JupyterApp):
     def _config_file_name_default(self) -> str:
         return "jupyter_tunnel_config"
 
+    def parse_command_line(self, argv: list[str] | None = None) -> None:
+        """Refuse unknown options (traitlets would only warn), then parse as usual."""
+        args = list(sys.argv[1:] if argv is None else argv)
+        if not (self.subcommands and args and args[0] in self.subcommands):
+            self._check_options(args)
+        super().parse_command_line(argv)
+
+    def _check_options(self, args: list[str]) -> None:
+        known = {"help", "help-all", "h", "version", "show-config", "show-config-json",
+                 "generate-config", "y", "answer-yes", "config", "debug"}
+        known |= {str(k) if isinstance(k, str) else k[0] for k in self.flags}
+        aliases = {str(k) if isinstance(k, str) else k[0] for k in self.aliases}
+        skip = False
+        for arg in args:
+            if skip:
+                skip = False
+                if arg.startswith("-"):
+                    self.fail(SpecError(
+                        f"invalid value {arg!r} for {previous}: host names and values cannot "
+                        "start with '-'"))
+                continue
+            previous = arg
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-":
+                continue
+            name = arg.lstrip("-").split("=", 1)[0]
+            if name in aliases:
+                skip = "=" not in arg
+            elif name not in known and "." not in name:
+                self.fail(SpecError(
+                    f"unknown option {arg!r} (host names cannot start with '-'); "
+                    "see --help for the options"))
+
     def manager(self) -> TunnelManager:
         """A manager configured from this app's config."""
         if not hasattr(self, "_manager"):
@@ -125,7 +159,7 @@ class OpenApp(BaseTunnelApp):
     def start(self) -> None:
         try:
             spec = build_spec(
-                " ".join(self.extra_args) if self.extra_args else "",
+                [str(a) for a in self.extra_args],
                 self.via, name=self.tunnel_name or None, local_port=self.local_port,
                 remote_port=self.remote_port, launch=self.launch,
             )

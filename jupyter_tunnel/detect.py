@@ -58,7 +58,8 @@ if ! command -v jupyter >/dev/null 2>&1; then
   echo "jupyter is not on the PATH of a login shell" >&2; exit 127
 fi
 cd "$HOME" || exit 1
-nohup jupyter lab --no-browser --ip=127.0.0.1 </dev/null >"$1/launch.log" 2>&1 &
+app=lab; command -v jupyter-lab >/dev/null 2>&1 || app=server
+nohup jupyter "$app" --no-browser --ip=127.0.0.1 </dev/null >"$1/launch.log" 2>&1 &
 echo started $!
 ' sh "$log"
 """

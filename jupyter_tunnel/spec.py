@@ -182,7 +182,7 @@ def parse_phrase(words: Iterable[str] | str) -> tuple[Hop, tuple[Hop, ...]]:
 
 
 def build_spec(
-    target: str,
+    target: str | Iterable[str],
     via: Iterable[str] | str | None = None,
     *,
     name: str | None = None,

@@ -1,0 +1,96 @@
+"""Shared fixtures: the SSH test network and an isolated registry.
+
+Tests that need the network skip when sshd is missing, unless JT_REQUIRE_NETWORK=1
+(set by .ci/run), which turns every such skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_tunnel.sandbox import SSHD, Sandbox
+
+REQUIRE_NETWORK = os.environ.get("JT_REQUIRE_NETWORK") == "1"
+
+
+def need(reason: str) -> None:
+    """Skip, or fail where the environment says this must run (CI)."""
+    if REQUIRE_NETWORK:
+        pytest.fail(f"required but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def net() -> Iterator[Sandbox]:
+    """The three-host network: this process, unicorn (jump host) and beast (Jupyter)."""
+    if not os.path.exists(SSHD) or not shutil.which("ssh-keygen"):
+        need("OpenSSH server not installed (apt-get install -y openssh-server)")
+    sandbox = Sandbox(prefix=f"jtt{os.getpid() % 100000}")
+    sandbox.start()
+    if REQUIRE_NETWORK and not sandbox.netns:
+        sandbox.stop()
+        pytest.fail("CI must run the tests in network namespaces (as root)")
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private Jupyter runtime dir, so the registry of the real user is never touched."""
+    path = tmp_path / "runtime"
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return path
+
+
+class CLI:
+    """Runs `python -m jupyter_tunnel …` as a user would, in the test's environment."""
+
+    def __init__(self, ssh_config: Path | None) -> None:
+        self.ssh_config = ssh_config
+
+    def argv(self, *args: str) -> list[str]:
+        extra = ["--ssh-config", str(self.ssh_config)] if self.ssh_config else []
+        return [sys.executable, "-m", "jupyter_tunnel", *args, *extra]
+
+    def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def json(self, *args: str) -> Any:
+        result = self.run(*args, "--json")
+        assert result.stdout.strip(), result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cli(net: Sandbox) -> CLI:
+    return CLI(net.ssh_config)
+
+
+@pytest.fixture
+def plain_cli() -> CLI:
+    return CLI(None)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on host:port (a connect is refused)."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) != 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

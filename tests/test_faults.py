@@ -1,0 +1,234 @@
+"""Bad input and faults: each gives a clear error, a non-zero exit, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CLI, free_port, port_is_free
+
+from jupyter_tunnel.hostkeys import fingerprint
+from jupyter_tunnel.sandbox import Sandbox
+
+pytestmark = pytest.mark.network
+
+
+def assert_left_nothing(runtime_dir: Path, port: int | None = None) -> None:
+    folder = runtime_dir / "jupyter_tunnel"
+    assert not folder.exists() or not list(folder.glob("*.json"))
+    if port is not None:
+        assert port_is_free(port)
+
+
+def failed(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=touch /tmp/jt-pwned", "a;b", "a b",
+                                  "$(touch /tmp/jt-pwned)"])
+@pytest.mark.parametrize("where", ["target", "via"])
+def test_hostile_host_names_are_refused(cli: CLI, runtime_dir: Path, host: str,
+                                        where: str) -> None:
+    args = ["open", host, "--via", "unicorn"] if where == "target" else \
+        ["open", "beast", f"--via={host}"]
+    result = cli.run(*args)
+    failed(result, "cannot start with '-'" if host.startswith("-") else "invalid host")
+    assert not os.path.exists("/tmp/jt-pwned")
+    assert_left_nothing(runtime_dir)
+
+
+@pytest.mark.parametrize("option", ["--local-port", "--remote-port"])
+@pytest.mark.parametrize("value", ["0", "65536", "abc"])
+def test_bad_ports_are_refused(cli: CLI, runtime_dir: Path, option: str, value: str) -> None:
+    result = cli.run("open", "beast", "--via", "unicorn", f"{option}={value}")
+    failed(result, f"port must be a number from 1 to 65535, not {value if value != 'abc' else repr(value)}")
+    assert result.returncode == 2
+    assert_left_nothing(runtime_dir)
+
+
+def test_json_error_names_the_hop(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    net.stop_sshd("unicorn")
+    try:
+        result = cli.run("open", "beast", "--via", "unicorn", "--json")
+    finally:
+        net.start_sshd("unicorn")
+    assert result.returncode == 1
+    import json
+
+    error = json.loads(result.stdout)
+    assert error["hop"] == "unicorn" and error["kind"] == "unreachable"
+    assert "refused the connection" in error["error"]
+
+
+def _config_with(net: Sandbox, tmp_path: Path, *, known_hosts: str | None = None,
+                 identity: Path | None = None) -> Path:
+    text = net.ssh_config.read_text()
+    if known_hosts is not None:
+        kh = tmp_path / "known_hosts"
+        kh.write_text(known_hosts)
+        text = text.replace(str(net.known_hosts), str(kh))
+    if identity is not None:
+        text = text.replace(str(net.key), str(identity))
+    path = tmp_path / "ssh_config"
+    path.write_text(text)
+    return path
+
+
+def _host_line(net: Sandbox, name: str) -> str:
+    return next(line for line in net.known_hosts.read_text().splitlines()
+                if line.startswith((net.hosts[name].address, f"[{net.hosts[name].address}]")))
+
+
+def _server_fp(net: Sandbox, name: str) -> str:
+    blob = base64.b64decode(_host_line(net, name).split()[2])
+    return fingerprint(blob)
+
+
+@pytest.fixture
+def other_key(tmp_path: Path) -> Iterator[Path]:
+    key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-f", str(key)], check=True)
+    yield key
+
+
+@pytest.mark.parametrize("bad_hop", ["unicorn", "beast"])
+def test_unknown_host_key_is_refused(net: Sandbox, tmp_path: Path, runtime_dir: Path,
+                                     bad_hop: str) -> None:
+    good = "beast" if bad_hop == "unicorn" else "unicorn"
+    cfg = _config_with(net, tmp_path, known_hosts=_host_line(net, good) + "\n")
+    result = CLI(cfg).run("open", "beast", "--via", "unicorn")
+    failed(result, f"host key for {bad_hop} (", "is not known", _server_fp(net, bad_hop))
+    assert_left_nothing(runtime_dir)
+
+
+@pytest.mark.parametrize("bad_hop", ["unicorn", "beast"])
+def test_changed_host_key_is_refused(net: Sandbox, tmp_path: Path, runtime_dir: Path,
+                                     other_key: Path, bad_hop: str) -> None:
+    lines = []
+    for name in ("unicorn", "beast"):
+        line = _host_line(net, name)
+        if name == bad_hop:
+            host = line.split()[0]
+            line = f"{host} {Path(str(other_key) + '.pub').read_text().split()[0]} " + \
+                Path(str(other_key) + ".pub").read_text().split()[1]
+        lines.append(line)
+    cfg = _config_with(net, tmp_path, known_hosts="\n".join(lines) + "\n")
+    result = CLI(cfg).run("open", "beast", "--via", "unicorn")
+    failed(result, f"host key for {bad_hop} (", "has CHANGED", _server_fp(net, bad_hop),
+           "ssh-keygen -R")
+    assert_left_nothing(runtime_dir)
+
+
+def test_accept_new_records_the_key(net: Sandbox, tmp_path: Path, runtime_dir: Path) -> None:
+    cfg = _config_with(net, tmp_path, known_hosts=_host_line(net, "unicorn") + "\n")
+    cfg.write_text(cfg.read_text().replace("StrictHostKeyChecking yes",
+                                           "StrictHostKeyChecking accept-new"))
+    result = CLI(cfg).run("open", "beast", "--via", "unicorn", "--detach")
+    assert result.returncode == 0, result.stderr
+    CLI(cfg).run("close", "--all")
+    assert _host_line(net, "beast").split()[2] in (tmp_path / "known_hosts").read_text()
+
+
+def test_wrong_key_is_refused(net: Sandbox, tmp_path: Path, runtime_dir: Path,
+                              other_key: Path) -> None:
+    cfg = _config_with(net, tmp_path, identity=other_key)
+    result = CLI(cfg).run("open", "beast", "--via", "unicorn")
+    failed(result, "unicorn (", "refused to log in", str(other_key))
+    assert_left_nothing(runtime_dir)
+
+
+def test_missing_ssh_config_file(runtime_dir: Path, tmp_path: Path) -> None:
+    result = CLI(tmp_path / "nope").run("open", "beast")
+    failed(result, "ssh config file", "does not exist")
+
+
+def test_jump_host_down(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    net.stop_sshd("unicorn")
+    try:
+        result = cli.run("open", "beast", "--via", "unicorn")
+    finally:
+        net.start_sshd("unicorn")
+    failed(result, "unicorn (", "refused the connection")
+    assert_left_nothing(runtime_dir)
+
+
+def test_target_down(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    net.stop_sshd("beast")
+    try:
+        result = cli.run("open", "beast", "--via", "unicorn")
+    finally:
+        net.start_sshd("beast")
+    failed(result, "unicorn could not connect to beast (")
+    assert_left_nothing(runtime_dir)
+
+
+def test_unreachable_address_times_out_with_hop_named(net: Sandbox, tmp_path: Path,
+                                                      runtime_dir: Path) -> None:
+    if not net.netns:
+        pytest.skip("needs the namespace network's unreachable test range")
+    cfg = tmp_path / "cfg"
+    cfg.write_text(net.ssh_config.read_text() + "\nHost ghost\n  HostName 10.213.255.254\n")
+    result = CLI(cfg).run("open", "beast", "--via", "ghost")
+    failed(result, "ghost (10.213.255.254:22)")
+    assert_left_nothing(runtime_dir)
+
+
+def test_unknown_host_name(cli: CLI, runtime_dir: Path) -> None:
+    result = cli.run("open", "beast", "--via", "nosuchhost.invalid")
+    failed(result, "cannot resolve nosuchhost.invalid")
+    assert_left_nothing(runtime_dir)
+
+
+def test_no_jupyter_on_target(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    net.stop_jupyter()
+    try:
+        result = cli.run("open", "beast", "--via", "unicorn")
+    finally:
+        net.start_jupyter()
+    failed(result, "no running Jupyter server found on beast", "--launch")
+    assert_left_nothing(runtime_dir)
+
+
+def test_local_port_taken(cli: CLI, runtime_dir: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = cli.run("open", "beast", "--via", "unicorn", "--local-port", str(port))
+        failed(result, f"local port {port} is already in use")
+    assert_left_nothing(runtime_dir, port)
+
+
+def test_unknown_tunnel_close_and_status(cli: CLI) -> None:
+    failed(cli.run("close", "nothere"), "no tunnel named 'nothere'")
+    failed(cli.run("status", "../etc"), "invalid tunnel name")
+    failed(cli.run("close"), "give exactly one tunnel name")
+
+
+def test_launch_starts_jupyter_through_login_shell(cli: CLI, net: Sandbox,
+                                                   runtime_dir: Path) -> None:
+    net.stop_jupyter()
+    runtime = net.home("beast") / ".local" / "share" / "jupyter" / "runtime"
+    port = free_port()
+    try:
+        info = cli.json("open", "beast", "--via", "unicorn", "--launch", "--detach",
+                        "--local-port", str(port))
+        assert info["state"] == "ready", info
+        from test_open import api_status
+
+        assert api_status(info["url"]) == 200
+        cli.run("close", info["name"])
+    finally:
+        for file in runtime.glob("jpserver-*.json"):
+            pid = int(file.stem.split("-")[1])
+            net.run_in("beast", ["kill", str(pid)])
+        net.start_jupyter()
+    assert_left_nothing(runtime_dir, port)

@@ -1,0 +1,142 @@
+"""`jupyter tunnel open` through the real network: laptop -> unicorn -> beast."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import CLI, port_is_free
+
+from jupyter_tunnel.sandbox import Sandbox
+
+pytestmark = pytest.mark.network
+
+
+def api_status(url: str) -> int:
+    """GET api/status through the tunnel with the token from the URL, as a browser tab would."""
+    parts = urllib.parse.urlsplit(url)
+    token = urllib.parse.parse_qs(parts.query)["token"][0]
+    base = parts.path.rsplit("lab", 1)[0]
+    req = urllib.request.Request(f"{parts.scheme}://{parts.netloc}{base}api/status",
+                                 headers={"Authorization": f"token {token}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=10) as response:
+        return int(response.status)
+
+
+def registry_files(runtime_dir: Path) -> list[str]:
+    folder = runtime_dir / "jupyter_tunnel"
+    return sorted(p.name for p in folder.glob("*.json")) if folder.exists() else []
+
+
+def test_foreground_open_prints_working_url_and_ctrl_c_cleans_up(
+        cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    proc = subprocess.Popen(cli.argv("open", "beast", "--via", "unicorn"), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = proc.stdout.readline().strip() if proc.stdout else ""
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+        assert net.jupyter is not None and f"token={net.jupyter.token}" in url
+        assert api_status(url) == 200
+        port = urllib.parse.urlsplit(url).port
+        assert port is not None
+        # the listener is on 127.0.0.1 only
+        assert port_is_free(port, "127.0.0.2")
+        listed = cli.json("list")
+        assert [(t["name"], t["state"], t["hops"], t["local_port"]) for t in listed] == [
+            ("beast", "ready", ["unicorn", "beast"], port)]
+        assert (runtime_dir / "jupyter_tunnel").stat().st_mode & 0o777 == 0o700
+        assert (runtime_dir / "jupyter_tunnel" / "beast.json").stat().st_mode & 0o777 == 0o600
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        err = proc.stderr.read() if proc.stderr else ""
+        assert "[1/2] connecting to unicorn" in err and "[2/2] connecting to beast" in err
+        assert "closed" in err
+        assert net.jupyter.token not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert port_is_free(port)
+    assert registry_files(runtime_dir) == []
+
+
+def test_detach_list_status_close(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    info = cli.json("open", "beast", "via", "unicorn", "--detach", "--name", "bg")
+    assert info["state"] == "ready" and info["name"] == "bg"
+    assert info["hops"] == ["unicorn", "beast"]
+    assert net.jupyter is not None and info["remote_port"] == net.jupyter.port
+    assert api_status(info["url"]) == 200
+    pid, port = info["pid"], info["local_port"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+    assert net.jupyter.token not in cmdline
+    status = cli.json("status", "bg")
+    assert (status["state"], status["pid"], status["local_port"]) == ("ready", pid, port)
+    text = cli.run("status", "bg").stdout
+    assert "state:       ready" in text and "unicorn -> beast" in text
+    # one name never maps to two tunnels
+    again = cli.run("open", "beast", "--via", "unicorn", "--name", "bg")
+    assert again.returncode != 0 and "already open" in again.stderr
+    closed = cli.run("close", "bg")
+    assert closed.returncode == 0, closed.stderr
+    assert not Path(f"/proc/{pid}").exists()
+    assert port_is_free(port)
+    assert registry_files(runtime_dir) == []
+    assert cli.run("list").stdout.strip() == "No tunnels."
+    missing = cli.run("status", "bg")
+    assert missing.returncode == 1 and "no tunnel named 'bg'" in missing.stderr
+
+
+def test_proxyjump_from_ssh_config_needs_no_via(cli: CLI) -> None:
+    info = cli.json("open", "beast-via-unicorn", "--detach")
+    try:
+        assert info["hops"] == ["unicorn", "beast-via-unicorn"]
+        assert api_status(info["url"]) == 200
+    finally:
+        cli.run("close", info["name"])
+
+
+def test_chosen_local_and_remote_port(cli: CLI, net: Sandbox) -> None:
+    assert net.jupyter is not None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        wanted = s.getsockname()[1]
+    info = cli.json("open", "beast", "--via", "unicorn", "--detach", "--local-port", str(wanted),
+                    "--remote-port", str(net.jupyter.port))
+    try:
+        assert info["local_port"] == wanted
+        assert api_status(info["url"]) == 200
+    finally:
+        cli.run("close", "--all")
+    assert port_is_free(wanted)
+    wrong = cli.run("open", "beast", "--via", "unicorn", "--remote-port", "1")
+    assert wrong.returncode == 1
+    assert f"no running Jupyter server on beast listens on port 1 (running: {net.jupyter.port})"\
+        in wrong.stderr
+
+
+def test_python_api_in_process(net: Sandbox, runtime_dir: Path) -> None:
+    from jupyter_tunnel.manager import TunnelManager
+    from jupyter_tunnel.spec import build_spec
+
+    manager = TunnelManager(ssh_config=str(net.ssh_config), owner="python")
+    events: list[str] = []
+    tunnel = manager.open(build_spec("beast via unicorn"), lambda t, e: events.append(t.state))
+    try:
+        assert tunnel.url and api_status(tunnel.url) == 200
+        assert tunnel.alive()
+        assert events[-1] == "ready" and "detecting" in events
+        record = json.loads((runtime_dir / "jupyter_tunnel" / "beast.json").read_text())
+        assert record["state"] == "ready" and record["owner"] == "python"
+    finally:
+        tunnel.close()
+    assert tunnel.local_port is not None and port_is_free(tunnel.local_port)
+    assert registry_files(runtime_dir) == []
+    time.sleep(0.2)
+    assert manager.list() == []
