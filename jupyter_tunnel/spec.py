@@ -118,6 +118,8 @@ def parse_hop(text: str) -> Hop:
         raw = raw[len("ssh://") :].rstrip("/")
     if not raw:
         raise SpecError("empty host name")
+    if raw.startswith("-"):
+        raise SpecError(f"invalid host name {text!r}: a host name cannot start with '-'")
     if any(c.isspace() for c in raw):
         raise SpecError(f"invalid host name {text!r}: it contains white space")
     user: str | None = None
