@@ -52,7 +52,7 @@ class BaseTunnelApp(JupyterApp):
                  "generate-config", "y", "answer-yes", "config", "debug"}
         known |= {str(k) if isinstance(k, str) else k[0] for k in self.flags}
         aliases = {str(k) if isinstance(k, str) else k[0] for k in self.aliases}
-        skip = False
+        skip, previous = False, ""
         for arg in args:
             if skip:
                 skip = False
@@ -91,7 +91,12 @@ class BaseTunnelApp(JupyterApp):
             print(json.dumps(exc.to_dict()), flush=True)
         else:
             print(f"jupyter tunnel: error: {exc.message}", file=sys.stderr, flush=True)
-        self.exit(2 if isinstance(exc, SpecError) else 1)
+        self.quit(2 if isinstance(exc, SpecError) else 1)
+
+    def quit(self, code: int) -> NoReturn:
+        """Exit with ``code`` (``Application.exit`` is not typed as never returning)."""
+        self.exit(code)
+        raise SystemExit(code)
 
     def name_arg(self) -> str:
         if len(self.extra_args) != 1:
@@ -184,7 +189,7 @@ class OpenApp(BaseTunnelApp):
             if tunnel is not None:
                 tunnel.close()
             self.say("interrupted")
-            self.exit(130)
+            self.quit(130)
         info = tunnel.to_dict()
         if self.detached_child:
             print(json.dumps(info), flush=True)
@@ -215,13 +220,13 @@ class OpenApp(BaseTunnelApp):
         except KeyboardInterrupt:
             child.terminate()
             child.wait()
-            self.exit(130)
+            self.quit(130)
         child.stdout.close()
         try:
             info = json.loads(line) if line.strip() else None
         except ValueError:
             info = None
-        if not info or "error" in info and info.get("error") and "state" not in info:
+        if not info or ("error" in info and info.get("error") and "state" not in info):
             code = child.wait()
             if info:
                 self.fail(TunnelError(info["error"], hop=info.get("hop")))
@@ -267,8 +272,8 @@ def _row(record: dict[str, Any]) -> str:
     state = record.get("state", "?")
     err = record.get("error") or {}
     extra = f"  ({err.get('error')})" if err else ""
-    return f"{record['name']:<16} {state:<12} 127.0.0.1:{port:<6} {hops:<32} pid {record.get('pid')}"\
-        f" {record.get('owner', '')}{extra}"
+    owner = f"{record.get('owner', '?')} (pid {record.get('pid')})"
+    return f"{record['name']:<16} {state:<12} 127.0.0.1:{port:<6} {hops:<32} {owner}{extra}"
 
 
 class ListApp(BaseTunnelApp):
@@ -346,7 +351,7 @@ class CloseApp(BaseTunnelApp):
         if self.json_output:
             print(json.dumps({"closed": closed, "errors": errors}), flush=True)
         if errors:
-            self.exit(1)
+            self.quit(1)
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
@@ -426,7 +431,7 @@ class TunnelApp(BaseTunnelApp):
         if self.subapp is None:
             print(f"Usage: jupyter tunnel {{{','.join(self.subcommands)}}} ...  (see --help)",
                   file=sys.stderr)
-            self.exit(2)
+            self.quit(2)
         super().start()
 
 

@@ -95,7 +95,7 @@ class RemoteServer:
     @property
     def forward_host(self) -> str:
         """The address to forward to, as the remote host sees it."""
-        if self.hostname in ("", "0.0.0.0", "*", "localhost", "127.0.0.1"):  # noqa: S104
+        if self.hostname in ("", "0.0.0.0", "*", "localhost", "127.0.0.1"):
             return "127.0.0.1"
         if self.hostname in ("::", "::1"):
             return "::1"

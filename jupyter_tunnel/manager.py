@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import signal
@@ -197,7 +198,7 @@ class TunnelManager(LoggingConfigurable):
         record["state"] = "closed"
         return record
 
-    def close_all(self) -> list[dict[str, Any]]:
+    def close_all(self) -> builtins.list[dict[str, Any]]:
         """Close every tunnel this process owns."""
         with self._lock:
             names = list(self._tunnels)
@@ -207,7 +208,7 @@ class TunnelManager(LoggingConfigurable):
                 closed.append(self.close(name))
         return closed
 
-    def tunnels(self) -> list[Tunnel]:
+    def tunnels(self) -> builtins.list[Tunnel]:
         """This process's tunnels."""
         with self._lock:
             return [t for t in self._tunnels.values() if t.state is not State.CLOSED]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import getpass
 import glob
-import re
 import os
+import re
 import shlex
 import socket
 from dataclasses import dataclass
@@ -283,7 +283,8 @@ def resolve_hop(hop: Hop, config: SSHConfig) -> tuple[ResolvedHop, tuple[Hop, ..
         user=user,
         identity_files=identities,
         identities_only=_yes_no(first.get("identitiesonly", "no"), "IdentitiesOnly"),
-        known_hosts_files=files("userknownhostsfile", ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]),
+        known_hosts_files=files(
+            "userknownhostsfile", ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]),
         global_known_hosts_files=files(
             "globalknownhostsfile", ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"]
         ),

@@ -177,7 +177,8 @@ class Tunnel:
             if not self.spec.launch or any(s.alive for s in servers):
                 raise
         known = {s.pid for s in servers if s.alive}
-        status, out, err = backend.run(detect.launch_command(), timeout=self.settings.launch_timeout)
+        status, _out, err = backend.run(
+            detect.launch_command(), timeout=self.settings.launch_timeout)
         if status != 0:
             reason = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
             raise RemoteJupyterNotFound(
@@ -197,7 +198,7 @@ class Tunnel:
             hop=host)
 
     def _discover(self, backend: Backend) -> list[detect.RemoteServer]:
-        status, out, err = backend.run(detect.discover_command(), timeout=30)
+        _status, out, _err = backend.run(detect.discover_command(), timeout=30)
         return detect.parse_discovery(out)
 
     def _fail(self, error: TunnelError | None) -> None:

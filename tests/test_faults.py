@@ -49,7 +49,8 @@ def test_hostile_host_names_are_refused(cli: CLI, runtime_dir: Path, host: str,
 @pytest.mark.parametrize("value", ["0", "65536", "abc"])
 def test_bad_ports_are_refused(cli: CLI, runtime_dir: Path, option: str, value: str) -> None:
     result = cli.run("open", "beast", "--via", "unicorn", f"{option}={value}")
-    failed(result, f"port must be a number from 1 to 65535, not {value if value != 'abc' else repr(value)}")
+    shown = repr(value) if value == "abc" else value
+    failed(result, f"port must be a number from 1 to 65535, not {shown}")
     assert result.returncode == 2
     assert_left_nothing(runtime_dir)
 

@@ -241,7 +241,7 @@ class HopChain:
             out.extend(chan.makefile("rb").read())
             stderr_thread.join(timeout)
             status = chan.recv_exit_status()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise HopTimeout(f"a command on {hop.label} did not finish within {timeout:g} s",
                              hop=hop.alias) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
