@@ -201,12 +201,11 @@ class OpenApp(BaseTunnelApp):
                      f"Jupyter (port {info['remote_port']}) on 127.0.0.1:{info['local_port']}")
             print(info["url"], flush=True)
             self.say("Press Ctrl-C to close the tunnel.")
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+        lost = _wait(stop, tunnel)
         tunnel.close()
+        if lost:
+            self.say(f"Tunnel {tunnel.name} closed: the SSH connection was lost.")
+            self.quit(1)
         self.say(f"Tunnel {tunnel.name} closed.")
 
     def _spawn_detached(self) -> None:
@@ -256,6 +255,17 @@ class OpenApp(BaseTunnelApp):
         if self.config_file:
             args += [f"--config={self.config_file}"]
         return [*args, "--json", "--OpenApp.detached_child=True"]
+
+
+def _wait(stop: threading.Event, tunnel: Tunnel) -> bool:
+    """Wait for Ctrl-C, SIGTERM or the loss of the connection; True if it was lost."""
+    try:
+        while not stop.wait(0.5):
+            if not tunnel.alive():
+                return True
+    except KeyboardInterrupt:
+        pass
+    return False
 
 
 def _go_quiet() -> None:
@@ -397,11 +407,7 @@ class DemoApp(BaseTunnelApp):
                          f"jupyter tunnel open beast --via unicorn --ssh-config "
                          f"{sandbox.ssh_config}")
                 self.say("Press Ctrl-C to close the tunnel and remove the demo network.")
-            try:
-                while not stop.wait(0.5):
-                    pass
-            except KeyboardInterrupt:
-                pass
+            _wait(stop, tunnel)
             manager.close_all()
         finally:
             sandbox.stop()

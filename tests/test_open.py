@@ -140,3 +140,24 @@ def test_python_api_in_process(net: Sandbox, runtime_dir: Path) -> None:
     assert registry_files(runtime_dir) == []
     time.sleep(0.2)
     assert manager.list() == []
+
+
+def test_lost_connection_ends_the_foreground_tunnel(cli: CLI, net: Sandbox,
+                                                    runtime_dir: Path) -> None:
+    proc = subprocess.Popen(cli.argv("open", "beast", "--via", "unicorn"), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = proc.stdout.readline().strip() if proc.stdout else ""
+        assert url.startswith("http://127.0.0.1:")
+        net.stop_sshd("unicorn")  # ends the sessions too: the jump host is gone
+        try:
+            assert proc.wait(timeout=20) == 1
+        finally:
+            net.start_sshd("unicorn")
+        assert "the SSH connection was lost" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None and port_is_free(port)
+    assert registry_files(runtime_dir) == []
