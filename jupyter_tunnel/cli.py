@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, NoReturn
 
@@ -48,6 +47,8 @@ class BaseTunnelApp(JupyterApp):
         super().parse_command_line(argv)
 
     def _check_options(self, args: list[str]) -> None:
+        if "--json" in args:
+            self.json_output = True  # so that an error below is reported as JSON too
         known = {"help", "help-all", "h", "version", "show-config", "show-config-json",
                  "generate-config", "y", "answer-yes", "config", "debug"}
         known |= {str(k) if isinstance(k, str) else k[0] for k in self.flags}
@@ -160,6 +161,8 @@ class OpenApp(BaseTunnelApp):
     detach = Bool(False, help="Keep the tunnel in a background process.").tag(config=True)
     detached_child = Bool(False, help="(internal) run as the background process of --detach")\
         .tag(config=True)
+    child_progress = Bool(False, help="(internal) show progress although --json is set")\
+        .tag(config=True)
 
     def start(self) -> None:
         try:
@@ -170,13 +173,11 @@ class OpenApp(BaseTunnelApp):
             )
         except TunnelError as exc:
             self.fail(exc)
+        _interrupt_on_term()
         if self.detach and not self.detached_child:
             self._spawn_detached()
             return
         manager = self.manager()
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda *_: stop.set())
         t0 = time.monotonic()
         tunnel: Tunnel | None = None
         try:
@@ -186,9 +187,10 @@ class OpenApp(BaseTunnelApp):
         except TunnelError as exc:
             self.fail(exc)
         except KeyboardInterrupt:
+            _quiet_signals()
             if tunnel is not None:
                 tunnel.close()
-            self.say("interrupted")
+            self.say("interrupted: nothing left open")
             self.quit(130)
         info = tunnel.to_dict()
         if self.detached_child:
@@ -201,34 +203,41 @@ class OpenApp(BaseTunnelApp):
                      f"Jupyter (port {info['remote_port']}) on 127.0.0.1:{info['local_port']}")
             print(info["url"], flush=True)
             self.say("Press Ctrl-C to close the tunnel.")
-        lost = _wait(stop, tunnel)
+        lost = _wait(tunnel)
         tunnel.close()
         if lost:
             self.say(f"Tunnel {tunnel.name} closed: the SSH connection was lost.")
             self.quit(1)
         self.say(f"Tunnel {tunnel.name} closed.")
 
+    def say(self, text: str) -> None:
+        """Progress on stderr; the background process of --detach speaks for its parent."""
+        if not self.json_output or self.child_progress:
+            print(text, file=sys.stderr, flush=True)
+
     def _spawn_detached(self) -> None:
         argv = [sys.executable, "-m", "jupyter_tunnel", "open", *self.argv_for_child()]
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                 stderr=None if not self.json_output else subprocess.DEVNULL,
                                  start_new_session=True, text=True)
         assert child.stdout is not None
         try:
             line = child.stdout.readline()
         except KeyboardInterrupt:
-            child.terminate()
+            _quiet_signals()
+            child.terminate()  # the child closes what it opened and exits
             child.wait()
+            self.say("interrupted: nothing left open")
             self.quit(130)
         child.stdout.close()
         try:
             info = json.loads(line) if line.strip() else None
         except ValueError:
             info = None
-        if not info or ("error" in info and info.get("error") and "state" not in info):
+        if not isinstance(info, dict) or "state" not in info:
             code = child.wait()
-            if info:
-                self.fail(TunnelError(info["error"], hop=info.get("hop")))
+            if isinstance(info, dict) and info.get("error"):
+                err = TunnelError(str(info["error"]), hop=info.get("hop"))
+                self.quit_with(err, code or 1)
             self.fail(TunnelError(f"the background tunnel process exited with status {code}"))
         if self.json_output:
             print(json.dumps(info), flush=True)
@@ -237,35 +246,53 @@ class OpenApp(BaseTunnelApp):
                      f"close it with: jupyter tunnel close {info['name']}")
             print(info["url"], flush=True)
 
+    def quit_with(self, exc: TunnelError, code: int) -> NoReturn:
+        """Report the child's error and exit with its status."""
+        if self.json_output:
+            print(json.dumps(exc.to_dict()), flush=True)
+        else:
+            print(f"jupyter tunnel: error: {exc.message}", file=sys.stderr, flush=True)
+        self.quit(code)
+
     def argv_for_child(self) -> list[str]:
-        """The same request, for the background process (no secrets: none are ever in argv)."""
-        args = [str(a) for a in self.extra_args]
-        for hop in self.via:
-            args += ["--via", hop]
-        for flag, value in (("--name", self.tunnel_name), ("--local-port", self.local_port),
-                            ("--remote-port", self.remote_port)):
-            if value:
-                args += [flag, value]
-        manager = self.manager()
-        if manager.ssh_config:
-            args += ["--ssh-config", manager.ssh_config]
-        args += ["--backend", manager.backend]
-        if self.launch:
-            args.append("--launch")
-        if self.config_file:
-            args += [f"--config={self.config_file}"]
-        return [*args, "--json", "--OpenApp.detached_child=True"]
+        """This command line, for the background process (no secrets: none are in argv)."""
+        args = [a for a in self.argv
+                if a not in ("--detach", "--OpenApp.detach=True", "--json")]
+        extra = ["--json", "--OpenApp.detached_child=True"]
+        if not self.json_output:
+            extra.append("--OpenApp.child_progress=True")
+        if "--" in args:
+            i = args.index("--")
+            return [*args[:i], *extra, *args[i:]]
+        return [*args, *extra]
 
 
-def _wait(stop: threading.Event, tunnel: Tunnel) -> bool:
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_term() -> None:
+    """SIGTERM and SIGHUP close the tunnel as Ctrl-C does, also in the middle of an open."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+
+def _quiet_signals() -> None:
+    """Let a close run to its end: a second Ctrl-C must not leave half of it behind."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _wait(tunnel: Tunnel) -> bool:
     """Wait for Ctrl-C, SIGTERM or the loss of the connection; True if it was lost."""
     try:
-        while not stop.wait(0.5):
-            if not tunnel.alive():
-                return True
+        while tunnel.alive():
+            time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
-    return False
+        _quiet_signals()
+        return False
+    _quiet_signals()
+    return True
 
 
 def _go_quiet() -> None:
@@ -380,9 +407,9 @@ class DemoApp(BaseTunnelApp):
     def start(self) -> None:
         from .sandbox import Sandbox, SandboxError
 
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        _interrupt_on_term()
         sandbox = Sandbox(log=self.say)
+        interrupted = False
         try:
             try:
                 self.say("Starting the demo network (unicorn, beast and a Jupyter server)...")
@@ -407,11 +434,16 @@ class DemoApp(BaseTunnelApp):
                          f"jupyter tunnel open beast --via unicorn --ssh-config "
                          f"{sandbox.ssh_config}")
                 self.say("Press Ctrl-C to close the tunnel and remove the demo network.")
-            _wait(stop, tunnel)
+            _wait(tunnel)
             manager.close_all()
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
+            _quiet_signals()
             sandbox.stop()
             self.say("Demo network removed.")
+        if interrupted:
+            self.quit(130)
 
 
 class TunnelApp(BaseTunnelApp):

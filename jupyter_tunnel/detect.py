@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shlex
 import ssl
 import time
 from collections.abc import Callable
@@ -20,16 +19,32 @@ from .errors import RemoteJupyterNotFound, RemoteJupyterNotReady
 
 MARK = "@@jupyter_tunnel@@"
 
-# Prints, for every jpserver file: a marker line "MARK <alive 0|1> <mtime> <path>", then the file.
-_DISCOVER = r"""
+#: the only command line sent to the remote; the scripts below go on its stdin, so they run
+#: in a POSIX shell whatever the login shell is (csh and fish included)
+REMOTE_SHELL = "sh -s"
+
+# For every jpserver file: a marker line "MARK <ours 0|1> <mtime> <path>", then the file.
+# A server counts only if its pid runs as this user and is a jupyter process: a stale file
+# whose pid was reused must never receive the token.
+DISCOVER_SCRIPT = r"""
 found=0
+me=$(id -un)
+ours() {
+  if [ -d "/proc/$1" ]; then
+    [ -O "/proc/$1" ] && tr '\000' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -q jupyter
+  else
+    case "$(ps -o user= -o command= -p "$1" 2>/dev/null)" in
+      "$me "*jupyter*) return 0;; *) return 1;;
+    esac
+  fi
+}
 show() {
   for f in "$1"/jpserver-*.json; do
     [ -f "$f" ] || continue
     found=1
     p=${f##*/jpserver-}; p=${p%.json}
     case "$p" in *[!0-9]*|'') continue;; esac
-    if [ -d "/proc/$p" ] || kill -0 "$p" 2>/dev/null; then a=1; else a=0; fi
+    if ours "$p"; then a=1; else a=0; fi
     m=$(stat -c %Y "$f" 2>/dev/null || stat -f %m "$f" 2>/dev/null || echo 0)
     printf '\n%s %s %s %s\n' '@@jupyter_tunnel@@' "$a" "$m" "$f"
     cat "$f" 2>/dev/null
@@ -49,30 +64,24 @@ fi
 exit 0
 """
 
-# Started through the user's login shell so that a profile which sets up conda or a venv applies.
-_LAUNCH = r"""
+# Starts JupyterLab (or a plain Jupyter server) in the background through the user's login
+# shell, so that a profile which sets up conda or a venv applies.  The login shell is given
+# only `sh '<file>'`, which every shell parses the same way.
+LAUNCH_SCRIPT = r"""
 log="${XDG_CACHE_HOME:-$HOME/.cache}/jupyter_tunnel"
-mkdir -p "$log" && chmod 700 "$log"
-exec "${SHELL:-/bin/sh}" -lc '
-if ! command -v jupyter >/dev/null 2>&1; then
-  echo "jupyter is not on the PATH of a login shell" >&2; exit 127
-fi
+mkdir -p "$log" && chmod 700 "$log" || exit 1
+case "$log" in *"'"*) echo "cannot launch: the path $log contains a quote" >&2; exit 1;; esac
+cat > "$log/launch.sh" <<'JT_EOF'
 cd "$HOME" || exit 1
+if ! command -v jupyter >/dev/null 2>&1; then
+  echo "jupyter is not on the PATH of your login shell" >&2; exit 127
+fi
 app=lab; command -v jupyter-lab >/dev/null 2>&1 || app=server
-nohup jupyter "$app" --no-browser --ip=127.0.0.1 </dev/null >"$1/launch.log" 2>&1 &
-echo started $!
-' sh "$log"
+nohup jupyter "$app" --no-browser --ip=127.0.0.1 </dev/null >"$JT_LOG" 2>&1 &
+echo "started $!"
+JT_EOF
+JT_LOG="$log/launch.log" exec "${SHELL:-/bin/sh}" -lc "sh '$log/launch.sh'" </dev/null
 """
-
-
-def discover_command() -> str:
-    """The remote command that lists runtime files (fixed text, quoted for ``sh -c``)."""
-    return "sh -c " + shlex.quote(_DISCOVER)
-
-
-def launch_command() -> str:
-    """The remote command that starts ``jupyter lab`` in the background."""
-    return "sh -c " + shlex.quote(_LAUNCH)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def known_keys(files: tuple[str, ...], name: str) -> list[KnownKey]:
             marker = None
             if parts[0].startswith("@"):
                 marker, parts = parts[0], parts[1:]
-                if marker == "@cert-authority":
+                if marker != "@revoked":  # @cert-authority and unknown markers: not host keys
                     continue
             if len(parts) < 3 or not _host_matches(parts[0], name):
                 continue
@@ -150,6 +150,11 @@ def record(hop: ResolvedHop, keytype: str, blob: bytes) -> None:
     path = Path(hop.known_hosts_files[0])
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     line = f"{hop.known_hosts_name} {keytype} {base64.b64encode(blob).decode()}\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a") as fh:
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as fh:
+        size = os.fstat(fd).st_size
+        if size:
+            fh.seek(size - 1)
+            if fh.read(1) != "\n":
+                line = "\n" + line
         fh.write(line)

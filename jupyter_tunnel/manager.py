@@ -187,7 +187,8 @@ class TunnelManager(LoggingConfigurable):
             raise SpecError(
                 f"tunnel {name!r} belongs to a {record.get('owner')} process (pid {pid}); close it "
                 "there (the notebook or the JupyterLab panel that opened it)")
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may end on its own just now
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and procinfo.is_alive(pid, started):
             time.sleep(0.05)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import glob
+import hashlib
 import os
 import re
 import shlex
@@ -54,23 +55,39 @@ class ResolvedHop:
 
     @property
     def known_hosts_name(self) -> str:
-        """The name this hop has in known_hosts: ``host`` or ``[host]:port``."""
-        name = self.host_key_alias or self.hostname
-        return name if self.port == 22 else f"[{name}]:{self.port}"
+        """The name this hop has in known_hosts: ``host``, ``[host]:port`` or HostKeyAlias."""
+        if self.host_key_alias:
+            return self.host_key_alias
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+_KEYWORD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+|$)(.*)$")
 
 
 def _tokens(line: str) -> list[str]:
+    """Split a config line into keyword and arguments, as OpenSSH does.
+
+    The keyword ends at white space or ``=``; arguments may be quoted; ``#`` starts a
+    comment only at the start of a word.
+    """
     line = line.strip()
     if not line or line.startswith("#"):
         return []
-    # "Keyword=value" and "Keyword = value" are both allowed
-    key, sep, rest = line.partition("=") if "=" in line.split(None, 1)[0] else ("", "", "")
-    if sep and key.strip() and " " not in key.strip():
-        line = f"{key.strip()} {rest.strip()}"
+    match = _KEYWORD_RE.match(line)
+    if not match:
+        raise ConfigError(f"cannot parse ssh config line {line!r}")
+    lexer = shlex.shlex(match.group(2), posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
     try:
-        return shlex.split(line, comments=True)
+        args = list(lexer)
     except ValueError as exc:
         raise ConfigError(f"cannot parse ssh config line {line!r}: {exc}") from None
+    for i, arg in enumerate(args):
+        if arg.startswith("#"):
+            args = args[:i]
+            break
+    return [match.group(1), *args]
 
 
 def wildcard_match(pattern: str, value: str) -> bool:
@@ -203,12 +220,16 @@ def _local_user() -> str:
         return str(os.getuid())
 
 
-def _expand(value: str, alias: str, hostname: str, port: int, user: str) -> str:
+def _expand(value: str, alias: str, hostname: str, port: int, user: str,
+            host_key_alias: str | None = None) -> str:
     """Expand OpenSSH's ``%`` tokens and a leading ``~``."""
     home = str(Path.home())
+    local = socket.gethostname()
     table = {
         "%": "%", "d": home, "u": _local_user(), "h": hostname, "n": alias,
-        "p": str(port), "r": user, "i": str(os.getuid()), "l": socket.gethostname(),
+        "p": str(port), "r": user, "i": str(os.getuid()), "l": local,
+        "L": local.split(".")[0], "k": host_key_alias or alias,
+        "C": hashlib.sha1(f"{local}{hostname}{port}{user}".encode()).hexdigest(),  # noqa: S324
     }
     out: list[str] = []
     i = 0
@@ -256,7 +277,7 @@ def resolve_hop(hop: Hop, config: SSHConfig) -> tuple[ResolvedHop, tuple[Hop, ..
         for v in vals:
             if v.lower() == "none":
                 continue
-            out.append(_expand(v, hop.host, hostname, port, user))
+            out.append(_expand(v, hop.host, hostname, port, user, first.get("hostkeyalias")))
         return tuple(out)
 
     identities = files("identityfile", [f"~/.ssh/{n}" for n in DEFAULT_IDENTITIES])

@@ -178,7 +178,7 @@ class Tunnel:
                 raise
         known = {s.pid for s in servers if s.alive}
         status, _out, err = backend.run(
-            detect.launch_command(), timeout=self.settings.launch_timeout)
+            detect.REMOTE_SHELL, timeout=self.settings.launch_timeout, stdin=detect.LAUNCH_SCRIPT)
         if status != 0:
             reason = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
             raise RemoteJupyterNotFound(
@@ -194,11 +194,18 @@ class Tunnel:
             time.sleep(0.5)
         raise RemoteJupyterNotFound(
             f"JupyterLab was started on {host} but did not come up within "
-            f"{self.settings.launch_timeout:g} s; see ~/.cache/jupyter_tunnel/launch.log there",
+            f"{self.settings.launch_timeout:g} s; see ~/.cache/jupyter_tunnel/launch.log on it",
             hop=host)
 
     def _discover(self, backend: Backend) -> list[detect.RemoteServer]:
-        _status, out, _err = backend.run(detect.discover_command(), timeout=30)
+        host = self.chain[-1].alias
+        status, out, err = backend.run(detect.REMOTE_SHELL, timeout=30,
+                                       stdin=detect.DISCOVER_SCRIPT)
+        if status != 0:
+            reason = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
+            raise RemoteJupyterNotFound(
+                f"could not look for Jupyter servers on {host}: 'sh' failed there ({reason})",
+                hop=host)
         return detect.parse_discovery(out)
 
     def _fail(self, error: TunnelError | None) -> None:

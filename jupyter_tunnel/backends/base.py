@@ -18,8 +18,9 @@ class Backend(Protocol):
                 timeout: float = 10.0, keepalive: int = 15) -> None:
         """Connect every hop in order; raise a :class:`TunnelError` naming the failing hop."""
 
-    def run(self, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
-        """Run ``command`` on the last hop; return exit status, stdout and stderr."""
+    def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
+            ) -> tuple[int, str, str]:
+        """Run ``command`` on the last hop with ``stdin``; return status, stdout, stderr."""
 
     def forward_local(self, local_port: int, remote_host: str, remote_port: int) -> int:
         """Listen on 127.0.0.1:``local_port`` (0: any) and forward to the last hop's view

@@ -7,7 +7,6 @@ authentication is attempted; failures become typed errors naming the hop.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -18,11 +17,14 @@ import paramiko
 import paramiko.pipe
 
 from .. import hostkeys
-from ..errors import AuthError, ForwardingRefused, HopTimeout, HopUnreachable, TunnelError
+from ..errors import AuthError, ForwardingRefused, HopTimeout, HopUnreachable
 from ..sshconfig import ResolvedHop
 from .base import ProgressCallback
 
 log = logging.getLogger("jupyter_tunnel")
+# paramiko's transport threads log failures we report ourselves as typed errors; without a
+# handler, Python's last-resort handler would print them as tracebacks on stderr
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class _LockedPipe(paramiko.pipe.PosixPipe):  # type: ignore[misc]
@@ -65,7 +67,7 @@ def _install_pipe_fix() -> None:
 _install_pipe_fix()
 
 
-def _load_identities(hop: ResolvedHop) -> tuple[list[tuple[str, Any]], list[str]]:
+def _load_identities(hop: ResolvedHop, agent: Any) -> tuple[list[tuple[str, Any]], list[str]]:
     """Keys to offer, as (description, PKey), and notes on keys that were skipped."""
     offered: list[tuple[str, Any]] = []
     notes: list[str] = []
@@ -83,15 +85,12 @@ def _load_identities(hop: ResolvedHop) -> tuple[list[tuple[str, Any]], list[str]
                 with contextlib.suppress(Exception):
                     file_blobs.add(paramiko.PublicBlob.from_file(pub).key_blob)
             continue
-        except (OSError, paramiko.SSHException, ValueError) as exc:
-            notes.append(f"{path} cannot be read: {exc}")
+        except Exception as exc:  # unsupported types raise cryptography's own errors
+            notes.append(f"{path} cannot be used ({type(exc).__name__}: {exc or 'unsupported'})")
             continue
         file_blobs.add(key.asbytes())
         file_keys.append((path, key))
-    try:
-        agent_keys = list(paramiko.Agent().get_keys()) if os.environ.get("SSH_AUTH_SOCK") else []
-    except (paramiko.SSHException, OSError):
-        agent_keys = []
+    agent_keys: list[Any] = list(agent.get_keys()) if agent is not None else []
     for key in agent_keys:
         if hop.identities_only and key.asbytes() not in file_blobs:
             continue
@@ -107,12 +106,16 @@ class HopChain:
     def __init__(self) -> None:
         self.transports: list[paramiko.Transport] = []
         self.hops: list[ResolvedHop] = []
+        self._closed = False
+        self._agent: Any = None
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None,
                 timeout: float, keepalive: int) -> None:
         """Connect all hops in order; on failure close what was opened and raise."""
         try:
             for index, hop in enumerate(chain):
+                if self._closed:
+                    raise HopUnreachable("the tunnel was closed while connecting")
                 if progress:
                     progress(index, hop)
                 sock = self._open_socket(hop, timeout)
@@ -121,6 +124,10 @@ class HopChain:
         except BaseException:
             self.close()
             raise
+        finally:
+            if self._agent is not None:  # agent keys sign through it: close it only now
+                self._agent.close()
+                self._agent = None
 
     def _open_socket(self, hop: ResolvedHop, timeout: float) -> Any:
         t = hop.connect_timeout or timeout
@@ -170,6 +177,9 @@ class HopChain:
         transport.banner_timeout = t
         transport.handshake_timeout = t
         known = hostkeys.preferred_types(hop)
+        if "ssh-rsa" in known:  # an RSA host key is negotiated as rsa-sha2-*, as OpenSSH does
+            i = known.index("ssh-rsa")
+            known[i:i + 1] = ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
         if known:
             opts = transport.get_security_options()
             supported = list(opts.key_types)
@@ -177,6 +187,9 @@ class HopChain:
                 k for k in supported if k not in known]
         try:
             transport.start_client(timeout=t)
+            if not transport.is_active() or transport.host_key is None:
+                # start_client returns quietly when the time is up
+                raise TimeoutError
         except (paramiko.SSHException, EOFError, OSError) as exc:
             transport.close()
             text = str(exc) or type(exc).__name__
@@ -198,7 +211,14 @@ class HopChain:
         return transport
 
     def _authenticate(self, hop: ResolvedHop, transport: paramiko.Transport, t: float) -> None:
-        keys, notes = _load_identities(hop)
+        notes: list[str] = []
+        if self._agent is None and os.environ.get("SSH_AUTH_SOCK"):
+            try:
+                self._agent = paramiko.Agent()
+            except (paramiko.SSHException, OSError) as exc:
+                notes.append(f"ssh-agent could not be used: {exc}")
+        keys, key_notes = _load_identities(hop, self._agent)
+        notes += key_notes
         tried: list[str] = []
         for desc, key in keys:
             tried.append(desc)
@@ -223,8 +243,9 @@ class HopChain:
             "IdentityFile for this host in your ssh config, or add the key to ssh-agent",
             hop=hop.alias)
 
-    def exec(self, command: str, timeout: float) -> tuple[int, str, str]:
-        """Run ``command`` on the last hop."""
+    def exec(self, command: str, timeout: float, stdin: str | None = None
+             ) -> tuple[int, str, str]:
+        """Run ``command`` on the last hop, feeding it ``stdin``."""
         transport, hop = self.transports[-1], self.hops[-1]
         try:
             chan = transport.open_session(timeout=timeout)
@@ -234,6 +255,9 @@ class HopChain:
         try:
             chan.settimeout(timeout)
             chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin.encode())
+            chan.shutdown_write()
             out, err = bytearray(), bytearray()
             stderr_thread = threading.Thread(
                 target=lambda: err.extend(chan.makefile_stderr("rb").read()), daemon=True)
@@ -256,17 +280,11 @@ class HopChain:
         return bool(self.transports) and all(t.is_active() for t in self.transports)
 
     def close(self) -> None:
-        """Close transports, last hop first."""
+        """Close transports, last hop first; a connect under way stops at the next hop."""
+        self._closed = True
         for transport in reversed(self.transports):
             with contextlib.suppress(Exception):
                 transport.close()
         self.transports.clear()
         self.hops.clear()
 
-
-def is_port_in_use_error(exc: OSError) -> bool:
-    """Whether a bind failed because the address is taken."""
-    return exc.errno in (errno.EADDRINUSE, errno.EACCES)
-
-
-__all__ = ["HopChain", "TunnelError", "is_port_in_use_error"]

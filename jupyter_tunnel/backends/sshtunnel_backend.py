@@ -11,6 +11,7 @@ passed through.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import selectors
 import socket
@@ -23,7 +24,7 @@ import sshtunnel
 from ..errors import HopUnreachable, PortInUse, TunnelError
 from ..sshconfig import ResolvedHop
 from .base import ProgressCallback
-from .chain import HopChain, is_port_in_use_error
+from .chain import HopChain
 
 log = logging.getLogger("jupyter_tunnel")
 _CHUNK = 65536
@@ -118,16 +119,25 @@ class _Server(sshtunnel._ThreadingForwardServer):  # type: ignore[misc]
         try:
             super().server_bind()
         except OSError as exc:
-            if is_port_in_use_error(exc):
-                host, port = self.server_address
+            host, port = self.server_address
+            if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(
                     f"local port {port} is already in use on {host}: choose another with "
                     "--local-port, or leave it out to use a free one") from None
-            raise
+            raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror} (ports below 1024 "
+                            "need privileges)") from None
 
 
 class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
     counters: Counters
+
+    def _connect_to_gateway(self) -> None:
+        # sshtunnel would log in on its own, straight to the host and with no host key
+        # check; it is only reached if our transport dropped just before start().
+        raise HopUnreachable("the SSH connection was lost while the forward was being set up")
+
+    def _get_transport(self) -> Any:
+        raise HopUnreachable("the SSH connection was lost while the forward was being set up")
 
     def _make_ssh_forward_handler_class(self, remote_address_: tuple[str, int]) -> type:
         counters = self.counters
@@ -158,9 +168,10 @@ class SSHTunnelBackend:
         """Connect every hop; see :meth:`HopChain.connect`."""
         self.chain.connect(chain, progress, timeout, keepalive)
 
-    def run(self, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
+            ) -> tuple[int, str, str]:
         """Run a command on the last hop."""
-        return self.chain.exec(command, timeout)
+        return self.chain.exec(command, timeout, stdin)
 
     def forward_local(self, local_port: int, remote_host: str, remote_port: int) -> int:
         """Forward 127.0.0.1:local_port to remote_host:remote_port as the last hop sees it."""
@@ -216,13 +227,16 @@ class SSHTunnelBackend:
             for srv in fwd._server_list:
                 with contextlib.suppress(Exception):
                     srv.shutdown()
-                    srv.server_close()
             _detach(fwd)
         self.chain.close()
 
 
 def _detach(fwd: _Forwarder) -> None:
-    """Forget the shared transport, so sshtunnel's ``__del__`` cannot close it."""
+    """Close its listeners and forget the shared transport (sshtunnel's ``__del__`` would
+    close it)."""
+    for srv in fwd._server_list:
+        with contextlib.suppress(Exception):
+            srv.server_close()
     fwd._server_list = []
     fwd.is_alive = False
     fwd.__dict__.pop("_transport", None)
