@@ -236,8 +236,7 @@ class OpenApp(BaseTunnelApp):
         if not isinstance(info, dict) or "state" not in info:
             code = child.wait()
             if isinstance(info, dict) and info.get("error"):
-                err = TunnelError(str(info["error"]), hop=info.get("hop"))
-                self.quit_with(err, code or 1)
+                self.quit_with(info, code or 1)
             self.fail(TunnelError(f"the background tunnel process exited with status {code}"))
         if self.json_output:
             print(json.dumps(info), flush=True)
@@ -246,12 +245,12 @@ class OpenApp(BaseTunnelApp):
                      f"close it with: jupyter tunnel close {info['name']}")
             print(info["url"], flush=True)
 
-    def quit_with(self, exc: TunnelError, code: int) -> NoReturn:
-        """Report the child's error and exit with its status."""
+    def quit_with(self, error: dict[str, Any], code: int) -> NoReturn:
+        """Pass on the background process's error as it reported it, and its exit status."""
         if self.json_output:
-            print(json.dumps(exc.to_dict()), flush=True)
+            print(json.dumps(error), flush=True)
         else:
-            print(f"jupyter tunnel: error: {exc.message}", file=sys.stderr, flush=True)
+            print(f"jupyter tunnel: error: {error['error']}", file=sys.stderr, flush=True)
         self.quit(code)
 
     def argv_for_child(self) -> list[str]:

@@ -18,9 +18,26 @@ from jupyter_tunnel.sandbox import Sandbox
 pytestmark = pytest.mark.network
 
 
+def processes_of(runtime_dir: Path) -> list[int]:
+    """Processes started for this test (they inherit its private JUPYTER_RUNTIME_DIR)."""
+    mark = f"JUPYTER_RUNTIME_DIR={runtime_dir}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def assert_left_nothing(runtime_dir: Path, port: int | None = None) -> None:
+    """No registry entry, no process of ours, and the port (if any) free."""
     folder = runtime_dir / "jupyter_tunnel"
     assert not folder.exists() or not list(folder.glob("*.json"))
+    assert processes_of(runtime_dir) == []
     if port is not None:
         assert port_is_free(port)
 
@@ -134,7 +151,7 @@ def test_accept_new_records_the_key(net: Sandbox, tmp_path: Path, runtime_dir: P
                                            "StrictHostKeyChecking accept-new"))
     result = CLI(cfg).run("open", "beast", "--via", "unicorn", "--detach")
     assert result.returncode == 0, result.stderr
-    CLI(cfg).run("close", "--all")
+    assert CLI(cfg).run("close", "--all").returncode == 0
     assert _host_line(net, "beast").split()[2] in (tmp_path / "known_hosts").read_text()
 
 
@@ -188,14 +205,82 @@ def test_unknown_host_name(cli: CLI, runtime_dir: Path) -> None:
     assert_left_nothing(runtime_dir)
 
 
-def test_no_jupyter_on_target(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+@pytest.mark.parametrize("detach", [False, True])
+def test_no_jupyter_on_target(cli: CLI, net: Sandbox, runtime_dir: Path, detach: bool) -> None:
+    port = free_port()
     net.stop_jupyter()
     try:
-        result = cli.run("open", "beast", "--via", "unicorn")
+        result = cli.run("open", "beast", "--via", "unicorn", "--local-port", str(port),
+                         *(["--detach"] if detach else []))
     finally:
         net.start_jupyter()
     failed(result, "no running Jupyter server found on beast", "--launch")
+    assert_left_nothing(runtime_dir, port)
+
+
+def test_host_key_error_as_json(net: Sandbox, tmp_path: Path, runtime_dir: Path) -> None:
+    import json
+
+    cfg = _config_with(net, tmp_path, known_hosts=_host_line(net, "unicorn") + "\n")
+    result = CLI(cfg).run("open", "beast", "--via", "unicorn", "--json", "--detach")
+    assert result.returncode == 1
+    error = json.loads(result.stdout)
+    assert (error["kind"], error["hop"]) == ("host-key", "beast")
+    assert _server_fp(net, "beast") in error["error"]
     assert_left_nothing(runtime_dir)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (a black hole, not SSH)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_silent_hop_times_out_naming_it(net: Sandbox, tmp_path: Path, runtime_dir: Path,
+                                        silent_server: int) -> None:
+    cfg = tmp_path / "cfg"
+    cfg.write_text(net.ssh_config.read_text() +
+                   f"\nHost silent\n  HostName 127.0.0.1\n  Port {silent_server}\n"
+                   "  ConnectTimeout 2\n")
+    result = CLI(cfg).run("open", "beast", "--via", "silent", timeout=30)
+    failed(result, "silent (127.0.0.1:", "did not complete the SSH handshake within 2 s")
+    assert_left_nothing(runtime_dir)
+
+
+def test_sigterm_during_open_stops_at_once(net: Sandbox, tmp_path: Path, runtime_dir: Path,
+                                           silent_server: int) -> None:
+    import time
+
+    cfg = tmp_path / "cfg"
+    cfg.write_text(net.ssh_config.read_text() +
+                   f"\nHost silent\n  HostName 127.0.0.1\n  Port {silent_server}\n")
+    proc = subprocess.Popen(CLI(cfg).argv("open", "beast", "--via", "silent"), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    assert "connecting to silent" in proc.stderr.readline() + proc.stderr.readline()
+    t0 = time.monotonic()
+    proc.terminate()
+    assert proc.wait(timeout=10) == 130
+    assert time.monotonic() - t0 < 3
+    assert "nothing left open" in proc.stderr.read()
+    assert_left_nothing(runtime_dir)
+
+
+def test_detached_child_gets_the_whole_command_line(cli: CLI, tmp_path: Path,
+                                                    runtime_dir: Path) -> None:
+    reg = f"--TunnelManager.registry_dir={tmp_path / 'reg'}"
+    info = cli.json("open", "beast", "--via", "unicorn", "--detach", reg)
+    try:
+        assert (tmp_path / "reg" / f"{info['name']}.json").exists()
+        assert [t["name"] for t in cli.json("list", reg)] == [info["name"]]
+        assert cli.json("list") == []
+    finally:
+        assert cli.run("close", info["name"], reg).returncode == 0
+    assert_left_nothing(runtime_dir, info["local_port"])
 
 
 def test_local_port_taken(cli: CLI, runtime_dir: Path) -> None:

@@ -76,3 +76,13 @@ def test_accept_new_records_unknown_but_never_changed(hop: ResolvedHop, tmp_path
     hostkeys.verify(hop, "ssh-ed25519", KEY_A)
     with pytest.raises(HostKeyError, match="CHANGED"):
         hostkeys.verify(hop, "ssh-ed25519", KEY_B)
+
+
+def test_unknown_markers_are_ignored_and_record_keeps_lines_apart(
+        hop: ResolvedHop, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"@revoke [10.0.0.7]:2222 ssh-ed25519 {b64(KEY_A)}")  # typo marker, no newline
+    assert hostkeys.check(hop, "ssh-ed25519", KEY_A) is hostkeys.KeyStatus.UNKNOWN
+    hostkeys.record(hop, "ssh-ed25519", KEY_A)
+    assert kh.read_text().splitlines()[1] == f"[10.0.0.7]:2222 ssh-ed25519 {b64(KEY_A)}"
+    assert hostkeys.check(hop, "ssh-ed25519", KEY_A) is hostkeys.KeyStatus.KNOWN

@@ -113,3 +113,32 @@ def test_bad_values_are_errors(tmp_path: Path) -> None:
 
 def test_hosts_lists_plain_aliases(config: SSHConfig) -> None:
     assert config.hosts() == ["beast", "unicorn", "noproxy", "weird", "loop1", "loop2"]
+
+
+def test_keyword_equals_comments_match_and_tokens(tmp_path: Path) -> None:
+    (tmp_path / "c").write_text(
+        "Host alpha\n"
+        "  User = ann\n"
+        "  IdentityFile ~/.ssh/my#key  # a comment\n"
+        "  HostKeyAlias alpha-key\n"
+        "  UserKnownHostsFile ~/.ssh/known_hosts.d/%k\n"
+        "Match originalhost beta user bob\n"
+        "  Port 2022\n"
+        "Match host 10.9.*\n"
+        "  User matched\n"
+        "Match exec \"touch /tmp/jt-should-not-run\"\n"
+        "  Port 1\n"
+        "Host gamma\n"
+        "  HostName 10.9.0.1\n"
+    )
+    cfg = SSHConfig(tmp_path / "c")
+    alpha = resolve_chain(Hop("alpha"), (), cfg)[0]
+    assert alpha.user == "ann"
+    assert alpha.identity_files[0] == f"{Path.home()}/.ssh/my#key"
+    assert alpha.known_hosts_name == "alpha-key"
+    assert alpha.known_hosts_files == (f"{Path.home()}/.ssh/known_hosts.d/alpha-key",)
+    assert resolve_chain(Hop("beta", "bob"), (), cfg)[0].port == 2022
+    assert resolve_chain(Hop("beta", "eve"), (), cfg)[0].port == 22
+    # Match host sees the HostName set so far; gamma's comes after, so it is not matched here
+    assert resolve_chain(Hop("10.9.0.5"), (), cfg)[0].user == "matched"
+    assert not Path("/tmp/jt-should-not-run").exists()
