@@ -206,7 +206,8 @@ class OpenApp(BaseTunnelApp):
         lost = _wait(tunnel)
         tunnel.close()
         if lost:
-            self.say(f"Tunnel {tunnel.name} closed: the SSH connection was lost.")
+            why = tunnel.error.message if tunnel.error else "the SSH connection was lost"
+            self.say(f"Tunnel {tunnel.name} closed: {why}.")
             self.quit(1)
         self.say(f"Tunnel {tunnel.name} closed.")
 

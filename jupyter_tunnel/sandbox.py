@@ -507,6 +507,18 @@ class Sandbox:
         if kill_sessions:
             _kill_pids(self._connection_pids(name))
 
+    def pause_sessions(self, name: str) -> None:
+        """Freeze host name's SSH connections (SIGSTOP): a silent outage, nothing is closed."""
+        for pid in self._connection_pids(name):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume_sessions(self, name: str) -> None:
+        """Let frozen connections of host name go on (SIGCONT)."""
+        for pid in self._connection_pids(name):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
     def _connection_pids(self, name: str) -> set[int]:
         """Pids holding a connection accepted by host name's sshd: its per-client processes.
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import detect, procinfo
 from .backends import Backend, make_backend
-from .errors import RemoteJupyterNotFound, TunnelError
+from .errors import HopTimeout, RemoteJupyterNotFound, TunnelError
 from .registry import Registry
 from .spec import TunnelSpec
 from .sshconfig import ResolvedHop
@@ -156,13 +156,18 @@ class Tunnel:
         s = self.settings
         self._backend = backend = self._backend_factory(s.backend)
         self._set_state(State.CONNECTING)
-        backend.connect(self.chain, self._on_hop, s.connect_timeout, s.keepalive_interval)
+        backend.connect(self.chain, self._on_hop, s.connect_timeout)
         self._set_state(State.DETECTING)
         self.remote = self._find_remote(backend)
         self.local_port = backend.forward_local(
             self.spec.local_port, self.remote.forward_host, self.remote.port)
         detect.wait_ready(self.remote, self.local_port, self.chain[-1].alias, s.ready_timeout)
         self._set_state(State.READY)
+        backend.keepalive(s.keepalive_interval, s.keepalive_count_max, self._on_dead)
+
+    def _on_dead(self, hop: ResolvedHop, message: str) -> None:
+        log.info("tunnel %s: %s", self.name, message)
+        self._fail(HopTimeout(message, hop=hop.alias))
 
     def _on_hop(self, index: int, hop: ResolvedHop) -> None:
         self.hop_index = index

@@ -154,7 +154,36 @@ def test_lost_connection_ends_the_foreground_tunnel(cli: CLI, net: Sandbox,
             assert proc.wait(timeout=20) == 1
         finally:
             net.start_sshd("unicorn")
-        assert "the SSH connection was lost" in (proc.stderr.read() if proc.stderr else "")
+        assert "closed: the SSH connection was lost" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None and port_is_free(port)
+    assert registry_files(runtime_dir) == []
+
+
+def test_silent_outage_is_noticed_by_keepalives(net: Sandbox, tmp_path: Path,
+                                                runtime_dir: Path) -> None:
+    cfg = tmp_path / "cfg"
+    cfg.write_text(net.ssh_config.read_text().replace(
+        "Host unicorn\n", "Host unicorn\n  ServerAliveInterval 1\n  ServerAliveCountMax 2\n"))
+    proc = subprocess.Popen(CLI(cfg).argv("open", "beast", "--via", "unicorn"), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = proc.stdout.readline().strip() if proc.stdout else ""
+        assert url.startswith("http://127.0.0.1:")
+        time.sleep(3)  # answered keepalives keep it open
+        assert proc.poll() is None and api_status(url) == 200
+        net.pause_sessions("unicorn")  # no FIN, no RST: only keepalives can tell
+        try:
+            t0 = time.monotonic()
+            assert proc.wait(timeout=20) == 1
+            assert time.monotonic() - t0 < 6
+        finally:
+            net.resume_sessions("unicorn")
+        err = proc.stderr.read() if proc.stderr else ""
+        assert "unicorn (" in err and "stopped answering: 2 keepalive(s) sent 1 s apart" in err
     finally:
         if proc.poll() is None:
             proc.kill()

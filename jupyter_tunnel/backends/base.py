@@ -9,14 +9,20 @@ from ..sshconfig import ResolvedHop
 
 #: called with the index of the hop being connected and the hop
 ProgressCallback = Callable[[int, ResolvedHop], None]
+#: called with the hop that stopped answering and a message saying so
+DeadCallback = Callable[[ResolvedHop, str], None]
 
 
 class Backend(Protocol):
     """Connect a chain of hops, forward ports through it, run commands on its end."""
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
-                timeout: float = 10.0, keepalive: int = 15) -> None:
+                timeout: float = 10.0) -> None:
         """Connect every hop in order; raise a :class:`TunnelError` naming the failing hop."""
+
+    def keepalive(self, interval: int, count_max: int, on_dead: DeadCallback) -> None:
+        """Check every hop with keepalives (ServerAlive* of its config, else these values);
+        call ``on_dead(hop, message)`` once, when one stops answering."""
 
     def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
             ) -> tuple[int, str, str]:

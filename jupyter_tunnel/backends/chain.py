@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import paramiko
@@ -19,7 +20,7 @@ import paramiko.pipe
 from .. import hostkeys
 from ..errors import AuthError, ForwardingRefused, HopTimeout, HopUnreachable
 from ..sshconfig import ResolvedHop
-from .base import ProgressCallback
+from .base import DeadCallback, ProgressCallback
 
 log = logging.getLogger("jupyter_tunnel")
 # paramiko's transport threads log failures we report ourselves as typed errors; without a
@@ -108,9 +109,13 @@ class HopChain:
         self.hops: list[ResolvedHop] = []
         self._closed = False
         self._agent: Any = None
+        #: per transport: when a packet last arrived from the server
+        self.last_read: list[float] = []
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None,
-                timeout: float, keepalive: int) -> None:
+                timeout: float) -> None:
         """Connect all hops in order; on failure close what was opened and raise."""
         try:
             for index, hop in enumerate(chain):
@@ -119,7 +124,10 @@ class HopChain:
                 if progress:
                     progress(index, hop)
                 sock = self._open_socket(hop, timeout)
-                self.transports.append(self._handshake(hop, sock, timeout, keepalive))
+                transport = self._handshake(hop, sock, timeout)
+                self.last_read.append(time.monotonic())
+                self._watch_reads(transport, len(self.last_read) - 1)
+                self.transports.append(transport)
                 self.hops.append(hop)
         except BaseException:
             self.close()
@@ -170,8 +178,61 @@ class HopChain:
                 f"connection to {prev_hop.label} was lost while reaching {hop.alias}: {exc}",
                 hop=prev_hop.alias) from None
 
-    def _handshake(self, hop: ResolvedHop, sock: Any, timeout: float,
-                   keepalive: int) -> paramiko.Transport:
+    def _watch_reads(self, transport: paramiko.Transport, index: int) -> None:
+        """Note the time of every packet read: a keepalive answered is a hop alive."""
+        packetizer = transport.packetizer
+        read = packetizer.read_message
+
+        def read_message() -> Any:
+            message = read()
+            self.last_read[index] = time.monotonic()
+            return message
+
+        packetizer.read_message = read_message
+
+    def start_keepalive(self, interval: int, count_max: int,
+                        on_dead: DeadCallback) -> None:
+        """Send keepalives that want a reply on every hop (ServerAliveInterval, or ``interval``)
+        and call ``on_dead`` once a hop has left ``count_max`` of them unanswered."""
+        settings = []
+        for hop in self.hops:
+            every = hop.server_alive_interval if hop.server_alive_interval is not None \
+                else interval
+            count = hop.server_alive_count_max if hop.server_alive_count_max is not None \
+                else count_max
+            settings.append((max(every, 0), max(count, 1)))
+        if not any(every for every, _ in settings):
+            return
+        self._monitor = threading.Thread(target=self._keepalive_loop, args=(settings, on_dead),
+                                         name="jupyter_tunnel-keepalive", daemon=True)
+        self._monitor.start()
+
+    def _keepalive_loop(self, settings: list[tuple[int, int]],
+                        on_dead: DeadCallback) -> None:
+        step = min(every for every, _ in settings if every) / 4
+        last_sent = [time.monotonic()] * len(settings)
+        while not self._stop.wait(step):
+            now = time.monotonic()
+            for i, (every, count) in enumerate(settings):
+                if not every or i >= len(self.transports):
+                    continue
+                if now - self.last_read[i] > every * count + step:
+                    hop = self.hops[i]
+                    on_dead(hop, f"{hop.label} stopped answering: {count} keepalive(s) sent "
+                                 f"{every} s apart got no reply")
+                    return
+                if now - last_sent[i] >= every:
+                    last_sent[i] = now
+                    try:
+                        message = paramiko.Message()
+                        message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+                        message.add_string("keepalive@openssh.com")
+                        message.add_boolean(True)  # want a reply: that is the point
+                        self.transports[i]._send_user_message(message)
+                    except (paramiko.SSHException, EOFError, OSError):
+                        pass  # a dead transport is noticed by alive() and by the clock above
+
+    def _handshake(self, hop: ResolvedHop, sock: Any, timeout: float) -> paramiko.Transport:
         t = hop.connect_timeout or timeout
         transport = paramiko.Transport(sock)
         transport.banner_timeout = t
@@ -205,9 +266,6 @@ class HopChain:
         except BaseException:
             transport.close()
             raise
-        interval = hop.server_alive_interval if hop.server_alive_interval is not None else keepalive
-        if interval > 0:
-            transport.set_keepalive(interval)
         return transport
 
     def _authenticate(self, hop: ResolvedHop, transport: paramiko.Transport, t: float) -> None:
@@ -282,6 +340,7 @@ class HopChain:
     def close(self) -> None:
         """Close transports, last hop first; a connect under way stops at the next hop."""
         self._closed = True
+        self._stop.set()
         for transport in reversed(self.transports):
             with contextlib.suppress(Exception):
                 transport.close()

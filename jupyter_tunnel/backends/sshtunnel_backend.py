@@ -23,7 +23,7 @@ import sshtunnel
 
 from ..errors import HopUnreachable, PortInUse, TunnelError
 from ..sshconfig import ResolvedHop
-from .base import ProgressCallback
+from .base import DeadCallback, ProgressCallback
 from .chain import HopChain
 
 log = logging.getLogger("jupyter_tunnel")
@@ -164,9 +164,13 @@ class SSHTunnelBackend:
         self._lock = threading.Lock()
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
-                timeout: float = 10.0, keepalive: int = 15) -> None:
+                timeout: float = 10.0) -> None:
         """Connect every hop; see :meth:`HopChain.connect`."""
-        self.chain.connect(chain, progress, timeout, keepalive)
+        self.chain.connect(chain, progress, timeout)
+
+    def keepalive(self, interval: int, count_max: int, on_dead: DeadCallback) -> None:
+        """Watch every hop with keepalives; see :meth:`HopChain.start_keepalive`."""
+        self.chain.start_keepalive(interval, count_max, on_dead)
 
     def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
             ) -> tuple[int, str, str]:
