@@ -1,0 +1,267 @@
+"""`jupyter tunnel open` and `jupyter tunnel demo`: the commands that hold a tunnel open."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, NoReturn
+
+from traitlets import Bool, List, Unicode
+
+from .cli_base import BaseTunnelApp, common_flags
+from .errors import TunnelError
+from .manager import TunnelManager
+from .spec import build_spec
+from .tunnel import State, Tunnel
+
+
+def _progress(app: BaseTunnelApp) -> Any:
+    def on_event(tunnel: Tunnel, event: str) -> None:
+        if event == "hop":
+            hop = tunnel.chain[tunnel.hop_index]
+            n = len(tunnel.chain)
+            app.say(f"  [{tunnel.hop_index + 1}/{n}] connecting to {hop.label} as {hop.user}")
+        elif event == "launch":
+            app.say(f"  starting JupyterLab on {tunnel.chain[-1].alias}")
+        elif event == "state" and tunnel.state is State.DETECTING:
+            app.say(f"  looking for a running Jupyter server on {tunnel.chain[-1].alias}")
+    return on_event
+
+
+class OpenApp(BaseTunnelApp):
+    """jupyter tunnel open."""
+
+    name = "jupyter-tunnel-open"
+    description = """Open a tunnel to the JupyterLab running on TARGET, through jump hosts.
+
+    TARGET is an ssh-config alias, user@host or user@host:port. Jump hosts are given with
+    --via (repeatable, or comma separated as with ssh -J, first hop first) or as a phrase:
+    `jupyter tunnel open beast via unicorn`. The tunnel is ready once the remote Jupyter
+    answers through it; its URL is printed, and it stays open until Ctrl-C (or, with
+    --detach, until `jupyter tunnel close NAME`)."""
+    examples = """
+    jupyter tunnel open beast --via unicorn
+    jupyter tunnel open alice@beast.example.org:2222 --via gate,unicorn --local-port 9999
+    jupyter tunnel open beast via unicorn --detach --json
+    """
+    aliases = {
+        **BaseTunnelApp.aliases,
+        "via": "OpenApp.via",
+        "name": "OpenApp.tunnel_name",
+        "local-port": "OpenApp.local_port",
+        "remote-port": "OpenApp.remote_port",
+        "backend": "TunnelManager.backend",
+    }
+    flags = {
+        **common_flags,
+        "launch": ({"OpenApp": {"launch": True}},
+                   "Start JupyterLab on the target (through your login shell) if none runs."),
+        "detach": ({"OpenApp": {"detach": True}},
+                   "Return once ready and keep the tunnel open in a background process."),
+    }
+    via = List(Unicode(), help="Jump hosts, first hop first (repeatable or comma separated).")\
+        .tag(config=True)
+    tunnel_name = Unicode("", help="Name of the tunnel (default: the target's name).")\
+        .tag(config=True)
+    local_port = Unicode("", help="Local port to listen on (default: a free one).")\
+        .tag(config=True)
+    remote_port = Unicode("", help="Port of the remote Jupyter, when several run.")\
+        .tag(config=True)
+    launch = Bool(False, help="Start JupyterLab on the target if none runs.").tag(config=True)
+    detach = Bool(False, help="Keep the tunnel in a background process.").tag(config=True)
+    detached_child = Bool(False, help="(internal) run as the background process of --detach")\
+        .tag(config=True)
+    child_progress = Bool(False, help="(internal) show progress although --json is set")\
+        .tag(config=True)
+
+    def start(self) -> None:
+        try:
+            spec = build_spec(
+                [str(a) for a in self.extra_args],
+                self.via, name=self.tunnel_name or None, local_port=self.local_port,
+                remote_port=self.remote_port, launch=self.launch,
+            )
+        except TunnelError as exc:
+            self.fail(exc)
+        _interrupt_on_term()
+        if self.detach and not self.detached_child:
+            self._spawn_detached()
+            return
+        manager = self.manager()
+        t0 = time.monotonic()
+        tunnel: Tunnel | None = None
+        try:
+            tunnel = manager.prepare(spec, _progress(self))
+            self.say(f"Opening tunnel {tunnel.name}: {' -> '.join(tunnel.hops)}")
+            manager.start(tunnel)
+        except TunnelError as exc:
+            self.fail(exc)
+        except KeyboardInterrupt:
+            _quiet_signals()
+            if tunnel is not None:
+                tunnel.close()
+            self.say("interrupted: nothing left open")
+            self.quit(130)
+        info = tunnel.to_dict()
+        if self.detached_child:
+            print(json.dumps(info), flush=True)
+            _go_quiet()
+        elif self.json_output:
+            print(json.dumps(info), flush=True)
+        else:
+            self.say(f"Ready in {time.monotonic() - t0:.2f} s: {tunnel.chain[-1].alias}'s "
+                     f"Jupyter (port {info['remote_port']}) on 127.0.0.1:{info['local_port']}")
+            print(info["url"], flush=True)
+            self.say("Press Ctrl-C to close the tunnel.")
+        lost = _wait(tunnel)
+        tunnel.close()
+        if lost:
+            why = tunnel.error.message if tunnel.error else "the SSH connection was lost"
+            self.say(f"Tunnel {tunnel.name} closed: {why}.")
+            self.quit(1)
+        self.say(f"Tunnel {tunnel.name} closed.")
+
+    def say(self, text: str) -> None:
+        """Progress on stderr; the background process of --detach speaks for its parent."""
+        if not self.json_output or self.child_progress:
+            print(text, file=sys.stderr, flush=True)
+
+    def _spawn_detached(self) -> None:
+        argv = [sys.executable, "-m", "jupyter_tunnel", "open", *self.argv_for_child()]
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, text=True)
+        assert child.stdout is not None
+        try:
+            line = child.stdout.readline()
+        except KeyboardInterrupt:
+            _quiet_signals()
+            child.terminate()  # the child closes what it opened and exits
+            child.wait()
+            self.say("interrupted: nothing left open")
+            self.quit(130)
+        child.stdout.close()
+        try:
+            info = json.loads(line) if line.strip() else None
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or "state" not in info:
+            code = child.wait()
+            if isinstance(info, dict) and info.get("error"):
+                self.quit_with(info, code or 1)
+            self.fail(TunnelError(f"the background tunnel process exited with status {code}"))
+        if self.json_output:
+            print(json.dumps(info), flush=True)
+        else:
+            self.say(f"Tunnel {info['name']} ready in the background (pid {child.pid}); "
+                     f"close it with: jupyter tunnel close {info['name']}")
+            print(info["url"], flush=True)
+
+    def quit_with(self, error: dict[str, Any], code: int) -> NoReturn:
+        """Pass on the background process's error as it reported it, and its exit status."""
+        if self.json_output:
+            print(json.dumps(error), flush=True)
+        else:
+            print(f"jupyter tunnel: error: {error['error']}", file=sys.stderr, flush=True)
+        self.quit(code)
+
+    def argv_for_child(self) -> list[str]:
+        """This command line, for the background process (no secrets: none are in argv)."""
+        args = [a for a in self.argv
+                if a not in ("--detach", "--OpenApp.detach=True", "--json")]
+        extra = ["--json", "--OpenApp.detached_child=True"]
+        if not self.json_output:
+            extra.append("--OpenApp.child_progress=True")
+        if "--" in args:
+            i = args.index("--")
+            return [*args[:i], *extra, *args[i:]]
+        return [*args, *extra]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_term() -> None:
+    """SIGTERM and SIGHUP close the tunnel as Ctrl-C does, also in the middle of an open."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+
+def _quiet_signals() -> None:
+    """Let a close run to its end: a second Ctrl-C must not leave half of it behind."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _wait(tunnel: Tunnel) -> bool:
+    """Wait for Ctrl-C, SIGTERM or the loss of the connection; True if it was lost."""
+    try:
+        while tunnel.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _quiet_signals()
+        return False
+    _quiet_signals()
+    return True
+
+
+def _go_quiet() -> None:
+    """Detach stdio from the parent once ready, so its pipe can close."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+class DemoApp(BaseTunnelApp):
+    """jupyter tunnel demo."""
+
+    name = "jupyter-tunnel-demo"
+    description = """Start a throwaway SSH network on this machine (a jump host 'unicorn' and a
+    host 'beast' running Jupyter, in network namespaces when run as root) and open
+    'beast via unicorn' through it. Ctrl-C removes everything it made."""
+
+    def start(self) -> None:
+        from .sandbox import Sandbox, SandboxError
+
+        _interrupt_on_term()
+        sandbox = Sandbox(log=self.say)
+        interrupted = False
+        try:
+            try:
+                self.say("Starting the demo network (unicorn, beast and a Jupyter server)...")
+                sandbox.start()
+            except SandboxError as exc:
+                self.fail(TunnelError(str(exc)))
+            self.say(f"  ssh config: {sandbox.ssh_config}")
+            manager = TunnelManager(parent=self, owner="cli", ssh_config=str(sandbox.ssh_config))
+            try:
+                tunnel = manager.open(build_spec("beast", ["unicorn"], name=None),
+                                      _progress(self))
+            except TunnelError as exc:
+                self.fail(exc)
+            info = tunnel.to_dict()
+            if self.json_output:
+                print(json.dumps(info), flush=True)
+            else:
+                self.say(f"Tunnel {tunnel.name} ready: beast via unicorn on "
+                         f"127.0.0.1:{tunnel.local_port}")
+                print(info["url"], flush=True)
+                self.say("Try it from another shell with: "
+                         f"jupyter tunnel open beast --via unicorn --ssh-config "
+                         f"{sandbox.ssh_config}")
+                self.say("Press Ctrl-C to close the tunnel and remove the demo network.")
+            _wait(tunnel)
+            manager.close_all()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            _quiet_signals()
+            sandbox.stop()
+            self.say("Demo network removed.")
+        if interrupted:
+            self.quit(130)
