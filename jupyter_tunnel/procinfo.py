@@ -9,16 +9,21 @@ import os
 from pathlib import Path
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 and on of /proc/PID/stat (state first), or None if the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-    fields = stat[stat.rfind(")") + 2 :].split()
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    fields = _stat(pid)
     try:
-        return int(fields[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
@@ -44,6 +49,9 @@ def is_alive(pid: int, started: int | None) -> bool:
         except PermissionError:
             return True
         return True
+    fields = _stat(pid)
+    if not fields or fields[0] in ("Z", "X"):  # an exited process not yet reaped is gone
+        return False
     now = start_time(pid)
     return now is not None and (started is None or now == started)
 

@@ -114,3 +114,15 @@ def test_core_imports_no_jupyter_server_tornado_ipython_or_widgets() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_an_exited_but_unreaped_process_is_not_alive() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = procinfo.start_time(child.pid)
+    for _ in range(200):
+        if not procinfo.is_alive(child.pid, started):
+            break
+        subprocess.run(["sleep", "0.01"])
+    assert not procinfo.is_alive(child.pid, started)
+    assert Path(f"/proc/{child.pid}").exists()  # still a zombie: we have not reaped it
+    child.wait()
