@@ -190,3 +190,20 @@ def test_silent_outage_is_noticed_by_keepalives(net: Sandbox, tmp_path: Path,
     port = urllib.parse.urlsplit(url).port
     assert port is not None and port_is_free(port)
     assert registry_files(runtime_dir) == []
+
+
+def test_traits_from_jupyter_tunnel_config_py(net: Sandbox, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir = tmp_path / "jupyter-config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_tunnel_config.py").write_text(
+        f"c.TunnelManager.ssh_config = {str(net.ssh_config)!r}\n"
+        f"c.TunnelManager.registry_dir = {str(tmp_path / 'reg')!r}\n")
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config_dir))
+    plain = CLI(None)  # no --ssh-config: it must come from the config file
+    info = plain.json("open", "beast", "--via", "unicorn", "--detach")
+    try:
+        assert api_status(info["url"]) == 200
+        assert (tmp_path / "reg" / "beast.json").exists()
+    finally:
+        assert plain.run("close", "beast").returncode == 0
