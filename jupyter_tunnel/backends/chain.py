@@ -246,6 +246,7 @@ class HopChain:
             supported = list(opts.key_types)
             opts.key_types = [k for k in known if k in supported] + [
                 k for k in supported if k not in known]
+        started = time.monotonic()
         try:
             transport.start_client(timeout=t)
             if not transport.is_active() or transport.host_key is None:
@@ -254,7 +255,9 @@ class HopChain:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             transport.close()
             text = str(exc) or type(exc).__name__
-            if "timeout" in text.lower() or isinstance(exc, TimeoutError):
+            # paramiko reports a banner that never came either way: by returning quietly or
+            # as "Error reading SSH protocol banner"; the clock tells a timeout from an EOF
+            if isinstance(exc, TimeoutError) or time.monotonic() - started >= t * 0.9:
                 raise HopTimeout(f"{hop.label} did not complete the SSH handshake within "
                                  f"{t:g} s", hop=hop.alias) from None
             raise HopUnreachable(f"SSH handshake with {hop.label} failed: {text}. Is an SSH "
