@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from jupyter_core.application import base_aliases, base_flags
 from traitlets import Bool
 
 from .cli_base import BaseTunnelApp, common_flags
@@ -33,7 +34,11 @@ class ListApp(BaseTunnelApp):
     description = "List all of your tunnels, whichever process owns them."
 
     def start(self) -> None:
-        records = self.manager().list()
+        self.no_args()
+        try:
+            records = self.manager().list()
+        except TunnelError as exc:
+            self.fail(exc)
         if self.json_output:
             print(json.dumps([_public(r) for r in records]), flush=True)
             return
@@ -85,7 +90,12 @@ class CloseApp(BaseTunnelApp):
         if self.all:
             if self.extra_args:
                 self.fail(SpecError("give a tunnel name or --all, not both"))
-            names = [r["name"] for r in manager.list()]
+            try:
+                names = [r["name"] for r in manager.list()]
+            except TunnelError as exc:
+                self.fail(exc)
+            if not names:
+                self.say("No tunnels to close.")
         else:
             names = [self.name_arg()]
         closed, errors = [], []
@@ -115,11 +125,13 @@ class TunnelApp(BaseTunnelApp):
     name = "jupyter-tunnel"
     description = "Reach a remote JupyterLab through SSH jump hosts in one step."
     examples = """
-    jupyter tunnel open beast --via unicorn
-    jupyter tunnel list
-    jupyter tunnel close beast
-    jupyter tunnel demo
-    """
+jupyter tunnel open beast --via unicorn
+jupyter tunnel list
+jupyter tunnel close beast
+jupyter tunnel demo
+"""
+    flags = base_flags
+    aliases = base_aliases
     subcommands = {
         "open": ("jupyter_tunnel.cli_open.OpenApp",
                  "Open a tunnel to the JupyterLab running on TARGET, through jump hosts."),
@@ -131,9 +143,13 @@ class TunnelApp(BaseTunnelApp):
     }
 
     def start(self) -> None:
-        if self.subapp is None:
-            print(f"Usage: jupyter tunnel {{{','.join(self.subcommands)}}} ...  (see --help)",
-                  file=sys.stderr)
+        if self.subapp is None and not self.generate_config:
+            words = ", ".join(self.subcommands)
+            if self.extra_args:
+                self.fail(SpecError(f"unknown command {self.extra_args[0]!r}: choose one of "
+                                    f"{words} (see jupyter tunnel --help)"))
+            print(f"Usage: jupyter tunnel COMMAND ...  with COMMAND one of {words} "
+                  "(see --help)", file=sys.stderr)
             self.quit(2)
         super().start()
 

@@ -6,17 +6,18 @@ import json
 import sys
 from typing import Any, NoReturn
 
-from jupyter_core.application import JupyterApp
+from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from traitlets import Bool, default
 
 from ._version import __version__
-from .errors import SpecError, TunnelError
+from .errors import ConfigError, SpecError, TunnelError
 from .manager import TunnelManager
 
 common_flags: dict[str, Any] = {
+    **base_flags,
     "json": ({"BaseTunnelApp": {"json_output": True}}, "Print JSON instead of text."),
-    "debug": ({"Application": {"log_level": 10}}, "Log debug messages."),
 }
+common_aliases: dict[str, Any] = {**base_aliases, "ssh-config": "TunnelManager.ssh_config"}
 
 
 class BaseTunnelApp(JupyterApp):
@@ -25,7 +26,7 @@ class BaseTunnelApp(JupyterApp):
     version = __version__
     classes = [TunnelManager]
     flags = common_flags
-    aliases = {"ssh-config": "TunnelManager.ssh_config", "log-level": "Application.log_level"}
+    aliases = common_aliases
     json_output = Bool(False, help="Print JSON instead of text.").tag(config=True)
     owner_kind = "cli"
 
@@ -43,14 +44,15 @@ class BaseTunnelApp(JupyterApp):
     def _check_options(self, args: list[str]) -> None:
         if "--json" in args:
             self.json_output = True  # so that an error below is reported as JSON too
-        known = {"help", "help-all", "h", "version", "show-config", "show-config-json",
-                 "generate-config", "y", "answer-yes", "config", "debug"}
-        known |= {str(k) if isinstance(k, str) else k[0] for k in self.flags}
-        aliases = {str(k) if isinstance(k, str) else k[0] for k in self.aliases}
+        known = {"help", "help-all", "h", "version"}
+        known |= {n for k in self.flags for n in ((k,) if isinstance(k, str) else k)}
+        aliases = {n for k in self.aliases for n in ((k,) if isinstance(k, str) else k)}
         skip, previous = False, ""
         for arg in args:
             if skip:
                 skip = False
+                if arg.startswith("--") and arg[2:].split("=", 1)[0] in known | aliases:
+                    self.fail(SpecError(f"option {previous} needs a value"))
                 if arg.startswith("-"):
                     self.fail(SpecError(
                         f"invalid value {arg!r} for {previous}: host names and values cannot "
@@ -68,6 +70,8 @@ class BaseTunnelApp(JupyterApp):
                 self.fail(SpecError(
                     f"unknown option {arg!r} (host names cannot start with '-'); "
                     "see --help for the options"))
+        if skip:
+            self.fail(SpecError(f"option {previous} needs a value"))
 
     def manager(self) -> TunnelManager:
         """A manager configured from this app's config."""
@@ -86,14 +90,20 @@ class BaseTunnelApp(JupyterApp):
             print(json.dumps(exc.to_dict()), flush=True)
         else:
             print(f"jupyter tunnel: error: {exc.message}", file=sys.stderr, flush=True)
-        self.quit(2 if isinstance(exc, SpecError) else 1)
+        self.quit(2 if isinstance(exc, (SpecError, ConfigError)) else 1)
 
     def quit(self, code: int) -> NoReturn:
         """Exit with ``code`` (``Application.exit`` is not typed as never returning)."""
         self.exit(code)
         raise SystemExit(code)
 
+    def no_args(self) -> None:
+        """Refuse stray words after a subcommand that takes none."""
+        if self.extra_args:
+            self.fail(SpecError(f"unexpected argument {self.extra_args[0]!r}"))
+
     def name_arg(self) -> str:
+        """The one tunnel name a subcommand takes."""
         if len(self.extra_args) != 1:
             self.fail(SpecError(f"give exactly one tunnel name (got {len(self.extra_args)})"))
         return str(self.extra_args[0])

@@ -25,6 +25,8 @@ def _progress(app: BaseTunnelApp) -> Any:
             hop = tunnel.chain[tunnel.hop_index]
             n = len(tunnel.chain)
             app.say(f"  [{tunnel.hop_index + 1}/{n}] connecting to {hop.label} as {hop.user}")
+        elif event == "notice":
+            app.say(f"  {tunnel.notices[-1]}")
         elif event == "launch":
             app.say(f"  starting JupyterLab on {tunnel.chain[-1].alias}")
         elif event == "state" and tunnel.state is State.DETECTING:
@@ -44,10 +46,10 @@ class OpenApp(BaseTunnelApp):
     answers through it; its URL is printed, and it stays open until Ctrl-C (or, with
     --detach, until `jupyter tunnel close NAME`)."""
     examples = """
-    jupyter tunnel open beast --via unicorn
-    jupyter tunnel open alice@beast.example.org:2222 --via gate,unicorn --local-port 9999
-    jupyter tunnel open beast via unicorn --detach --json
-    """
+jupyter tunnel open beast --via unicorn
+jupyter tunnel open alice@beast.example.org:2222 --via gate,unicorn --local-port 9999
+jupyter tunnel open beast via unicorn --detach --json
+"""
     aliases = {
         **BaseTunnelApp.aliases,
         "via": "OpenApp.via",
@@ -118,10 +120,10 @@ class OpenApp(BaseTunnelApp):
             print(info["url"], flush=True)
             self.say("Press Ctrl-C to close the tunnel.")
         lost = _wait(tunnel)
+        reason = tunnel.loss_reason() if lost else ""
         tunnel.close()
         if lost:
-            why = tunnel.error.message if tunnel.error else "the SSH connection was lost"
-            self.say(f"Tunnel {tunnel.name} closed: {why}.")
+            self.say(f"Tunnel {tunnel.name} closed: {reason}.")
             self.quit(1)
         self.say(f"Tunnel {tunnel.name} closed.")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -109,6 +110,72 @@ class RemoteServer:
         if self.hostname in ("::", "::1"):
             return "::1"
         return self.hostname
+
+
+# Exit 0 while the launched server (pid $1) runs; else print the end of its log and exit 1.
+LAUNCH_CHECK_SCRIPT = r"""
+kill -0 "$1" 2>/dev/null && exit 0
+tail -n 8 "${XDG_CACHE_HOME:-$HOME/.cache}/jupyter_tunnel/launch.log" >&2 2>/dev/null
+exit 1
+"""
+
+#: runs a script (on stdin of ``sh -s``) with arguments on the last hop
+RunScript = Callable[..., tuple[int, str, str]]
+
+
+def _redact(text: str) -> str:
+    """Hide tokens that a server log may show (``…?token=abc``)."""
+    return re.sub(r"(token=)[^\s&]+", r"\1…", text)
+
+
+def _last_line(err: str, status: int) -> str:
+    lines = [line for line in _redact(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"exit status {status}"
+
+
+def discover(run: RunScript, host: str) -> list[RemoteServer]:
+    """The Jupyter servers whose runtime files the last hop has."""
+    status, out, err = run(DISCOVER_SCRIPT)
+    if status != 0:
+        raise RemoteJupyterNotFound(
+            f"could not look for Jupyter servers on {host}: 'sh' failed there "
+            f"({_last_line(err, status)})", hop=host)
+    return parse_discovery(out)
+
+
+def find_server(run: RunScript, host: str, remote_port: int | None, *, launch: bool,
+                launch_timeout: float, on_launch: Callable[[], None] | None = None
+                ) -> RemoteServer:
+    """The server to forward to; with ``launch``, start one when none runs."""
+    servers = discover(run, host)
+    try:
+        return choose(servers, host, remote_port)
+    except RemoteJupyterNotFound:
+        if not launch or any(s.alive for s in servers):
+            raise
+    known = {s.pid for s in servers if s.alive}
+    status, out, err = run(LAUNCH_SCRIPT)
+    started = re.search(r"^started (\d+)$", out, re.MULTILINE)
+    if status != 0 or not started:
+        raise RemoteJupyterNotFound(
+            f"could not start JupyterLab on {host}: {_last_line(err, status)}. Install it "
+            "there, or make your login shell's profile put it on the PATH", hop=host)
+    if on_launch:
+        on_launch()
+    deadline = time.monotonic() + launch_timeout
+    while time.monotonic() < deadline:
+        fresh = [s for s in discover(run, host) if s.alive and s.pid not in known]
+        if fresh and (remote_port is None or any(s.port == remote_port for s in fresh)):
+            return choose(fresh, host, remote_port)
+        status, _, err = run(LAUNCH_CHECK_SCRIPT, started.group(1))
+        if status != 0:
+            raise RemoteJupyterNotFound(
+                f"JupyterLab started on {host} but exited at once: {_last_line(err, status)} "
+                "(see ~/.cache/jupyter_tunnel/launch.log there)", hop=host)
+        time.sleep(0.5)
+    raise RemoteJupyterNotFound(
+        f"JupyterLab was started on {host} but did not come up within {launch_timeout:g} s; "
+        "see ~/.cache/jupyter_tunnel/launch.log there", hop=host)
 
 
 def parse_discovery(output: str) -> list[RemoteServer]:

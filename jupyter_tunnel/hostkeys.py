@@ -107,17 +107,18 @@ def preferred_types(hop: ResolvedHop) -> list[str]:
     return types
 
 
-def verify(hop: ResolvedHop, keytype: str, blob: bytes) -> None:
+def verify(hop: ResolvedHop, keytype: str, blob: bytes) -> bool:
     """Accept the key or raise :class:`HostKeyError` naming the hop and fingerprint.
 
     ``StrictHostKeyChecking accept-new`` (and ``no``, read the same way: a key is
-    never accepted silently when it changed) records an unknown key.
+    never accepted silently when it changed) records an unknown key; the result says
+    whether it did, so that the caller can tell the user, as ssh does.
     """
     status = check(hop, keytype, blob)
     fp = fingerprint(blob)
     files = hop.known_hosts_files[0] if hop.known_hosts_files else "~/.ssh/known_hosts"
     if status is KeyStatus.KNOWN:
-        return
+        return False
     if status is KeyStatus.REVOKED:
         raise HostKeyError(
             f"host key for {hop.label} is marked as revoked in known_hosts: {keytype} {fp}; "
@@ -134,10 +135,11 @@ def verify(hop: ResolvedHop, keytype: str, blob: bytes) -> None:
         )
     if hop.strict_host_key_checking in ("accept-new", "no"):
         record(hop, keytype, blob)
-        return
+        return True
+    ssh = f"ssh -F {hop.config_file} {hop.alias}" if hop.config_file else f"ssh {hop.alias}"
     raise HostKeyError(
         f"host key for {hop.label} is not known: {keytype} {fp}. Check this fingerprint with "
-        f"the host's administrator, then connect once with 'ssh {hop.alias}' to add it to "
+        f"the host's administrator, then connect once with '{ssh}' to add it to "
         f"{files}, or set 'StrictHostKeyChecking accept-new' for this host in your ssh config",
         hop=hop.alias,
     )

@@ -37,9 +37,16 @@ class Registry:
         self.path = Path(path) if path else default_dir()
 
     def _ensure(self) -> None:
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.is_symlink():
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._check()
+
+    def _check(self) -> None:
         info = self.path.lstat()
-        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        if stat.S_ISLNK(info.st_mode):
+            raise ConfigError(f"registry folder {self.path} is a symbolic link; jupyter_tunnel "
+                              "keeps tunnels only in a real folder of yours: remove the link")
+        if not stat.S_ISDIR(info.st_mode):
             raise ConfigError(f"registry folder {self.path} is not a folder; remove it")
         if info.st_uid != os.getuid():
             raise ConfigError(f"registry folder {self.path} belongs to another user; remove it")
@@ -129,8 +136,9 @@ class Registry:
 
     def all(self) -> list[dict[str, Any]]:
         """Every readable record, with ``orphaned`` set where the owner is gone."""
-        if not self.path.is_dir():
+        if not self.path.is_symlink() and not self.path.exists():
             return []
+        self._check()
         records = []
         for file in sorted(self.path.glob("*.json")):
             record = self.read(file.stem)

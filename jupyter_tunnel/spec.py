@@ -60,7 +60,10 @@ class TunnelSpec:
 
     def default_name(self) -> str:
         """A tunnel name derived from the target's host."""
-        base = re.sub(r"[^A-Za-z0-9_.-]", "-", self.target.host).strip("-.") or "tunnel"
+        host = self.target.host
+        if ":" in host:  # an IPv6 address
+            host = "ipv6-" + host.replace(":", "-")
+        base = re.sub(r"[^A-Za-z0-9_.-]", "-", host).strip("-.") or "tunnel"
         if not base[0].isalnum():
             base = "t" + base
         return base[:NAME_MAX]

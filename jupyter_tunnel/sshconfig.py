@@ -46,12 +46,15 @@ class ResolvedHop:
     server_alive_interval: int | None = None
     server_alive_count_max: int | None = None
     connect_timeout: float | None = None
+    #: the config file given explicitly (``--ssh-config``), for hints such as ``ssh -F``
+    config_file: str | None = None
 
     @property
     def label(self) -> str:
         """How messages name this hop: ``beast (10.0.0.7:22)``."""
-        where = f"{self.hostname}:{self.port}"
-        return self.alias if where == self.alias else f"{self.alias} ({where})"
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        alias = f"[{self.alias}]" if ":" in self.alias else self.alias
+        return f"{alias} ({host}:{self.port})"
 
     @property
     def known_hosts_name(self) -> str:
@@ -314,6 +317,7 @@ def resolve_hop(hop: Hop, config: SSHConfig) -> tuple[ResolvedHop, tuple[Hop, ..
         server_alive_interval=number("serveraliveinterval"),
         server_alive_count_max=number("serveralivecountmax"),
         connect_timeout=float(timeout) if timeout else None,
+        config_file=str(config.path) if config.explicit else None,
     )
     jump = first.get("proxyjump")
     if "proxycommand" in first and first["proxycommand"].lower() != "none" and not jump:

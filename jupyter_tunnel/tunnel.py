@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
+import shlex
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,12 +16,26 @@ from typing import Any
 
 from . import detect, procinfo
 from .backends import Backend, make_backend
-from .errors import HopTimeout, RemoteJupyterNotFound, TunnelError
+from .errors import HopTimeout, HopUnreachable, PortInUse, TunnelError
 from .registry import Registry
 from .spec import TunnelSpec
 from .sshconfig import ResolvedHop
 
 log = logging.getLogger("jupyter_tunnel")
+
+
+def check_port_free(port: int) -> None:
+    """Raise :class:`PortInUse` if 127.0.0.1:port cannot be bound now."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise PortInUse(
+                f"local port {port} is already in use on 127.0.0.1: choose another with "
+                "--local-port, or leave it out to use a free one"
+                if exc.errno == errno.EADDRINUSE else
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
 
 
 class State(str, enum.Enum):
@@ -75,6 +92,8 @@ class Tunnel:
         self.created = time.time()
         self.since = self.created
         self.reconnects = 0
+        #: things the user should know (host keys added to known_hosts)
+        self.notices: list[str] = []
         self.pid, self.started = procinfo.self_identity()
 
     # events -------------------------------------------------------------
@@ -128,6 +147,7 @@ class Tunnel:
             "since": self.since,
             "reconnects": self.reconnects,
             "error": self.error.to_dict() if self.error else None,
+            "orphaned": False,
             **stats,
         }
 
@@ -154,9 +174,11 @@ class Tunnel:
 
     def _open(self) -> None:
         s = self.settings
+        if self.spec.local_port:
+            check_port_free(self.spec.local_port)  # say so now, not after every hop
         self._backend = backend = self._backend_factory(s.backend)
         self._set_state(State.CONNECTING)
-        backend.connect(self.chain, self._on_hop, s.connect_timeout)
+        backend.connect(self.chain, self._on_hop, s.connect_timeout, self._on_notice)
         self._set_state(State.DETECTING)
         self.remote = self._find_remote(backend)
         self.local_port = backend.forward_local(
@@ -165,53 +187,36 @@ class Tunnel:
         self._set_state(State.READY)
         backend.keepalive(s.keepalive_interval, s.keepalive_count_max, self._on_dead)
 
-    def _on_dead(self, hop: ResolvedHop, message: str) -> None:
+    def _on_dead(self, hop: ResolvedHop, message: str, timed_out: bool) -> None:
         log.info("tunnel %s: %s", self.name, message)
-        self._fail(HopTimeout(message, hop=hop.alias))
+        self._fail((HopTimeout if timed_out else HopUnreachable)(message, hop=hop.alias))
+
+    def _on_notice(self, message: str) -> None:
+        self.notices.append(message)
+        log.info("tunnel %s: %s", self.name, message)
+        self._emit("notice")
+
+    def loss_reason(self) -> str:
+        """Why a ready tunnel stopped being alive, naming the hop where it can."""
+        if self.error is not None:
+            return self.error.message
+        hop = self._backend.dead_hop() if self._backend is not None else None
+        return f"the connection to {hop.label} was closed" if hop else "the tunnel was closed"
 
     def _on_hop(self, index: int, hop: ResolvedHop) -> None:
         self.hop_index = index
         self._emit("hop")
 
     def _find_remote(self, backend: Backend) -> detect.RemoteServer:
-        host = self.chain[-1].alias
-        servers = self._discover(backend)
-        try:
-            return detect.choose(servers, host, self.spec.remote_port)
-        except RemoteJupyterNotFound:
-            if not self.spec.launch or any(s.alive for s in servers):
-                raise
-        known = {s.pid for s in servers if s.alive}
-        status, _out, err = backend.run(
-            detect.REMOTE_SHELL, timeout=self.settings.launch_timeout, stdin=detect.LAUNCH_SCRIPT)
-        if status != 0:
-            reason = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
-            raise RemoteJupyterNotFound(
-                f"could not start JupyterLab on {host}: {reason}. Install it there, or make "
-                "your login shell's profile put it on the PATH", hop=host)
-        self._emit("launch")
-        deadline = time.monotonic() + self.settings.launch_timeout
-        while time.monotonic() < deadline:
-            fresh = [s for s in self._discover(backend) if s.alive and s.pid not in known]
-            if fresh and (self.spec.remote_port is None
-                          or any(s.port == self.spec.remote_port for s in fresh)):
-                return detect.choose(fresh, host, self.spec.remote_port)
-            time.sleep(0.5)
-        raise RemoteJupyterNotFound(
-            f"JupyterLab was started on {host} but did not come up within "
-            f"{self.settings.launch_timeout:g} s; see ~/.cache/jupyter_tunnel/launch.log on it",
-            hop=host)
+        s = self.settings
 
-    def _discover(self, backend: Backend) -> list[detect.RemoteServer]:
-        host = self.chain[-1].alias
-        status, out, err = backend.run(detect.REMOTE_SHELL, timeout=30,
-                                       stdin=detect.DISCOVER_SCRIPT)
-        if status != 0:
-            reason = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
-            raise RemoteJupyterNotFound(
-                f"could not look for Jupyter servers on {host}: 'sh' failed there ({reason})",
-                hop=host)
-        return detect.parse_discovery(out)
+        def run(script: str, *args: str) -> tuple[int, str, str]:
+            command = " ".join([detect.REMOTE_SHELL, "--", *map(shlex.quote, args)])
+            return backend.run(command, timeout=max(30.0, s.launch_timeout), stdin=script)
+
+        return detect.find_server(run, self.chain[-1].alias, self.spec.remote_port,
+                                  launch=self.spec.launch, launch_timeout=s.launch_timeout,
+                                  on_launch=lambda: self._emit("launch"))
 
     def _fail(self, error: TunnelError | None) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,6 +152,8 @@ def test_accept_new_records_the_key(net: Sandbox, tmp_path: Path, runtime_dir: P
                                            "StrictHostKeyChecking accept-new"))
     result = CLI(cfg).run("open", "beast", "--via", "unicorn", "--detach")
     assert result.returncode == 0, result.stderr
+    assert "Permanently added the ssh-ed25519 host key of beast (" in result.stderr
+    assert _server_fp(net, "beast") in result.stderr
     assert CLI(cfg).run("close", "--all").returncode == 0
     assert _host_line(net, "beast").split()[2] in (tmp_path / "known_hosts").read_text()
 
@@ -318,3 +321,39 @@ def test_launch_starts_jupyter_through_login_shell(cli: CLI, net: Sandbox,
             net.run_in("beast", ["kill", str(pid)])
         net.start_jupyter()
     assert_left_nothing(runtime_dir, port)
+
+
+def test_cli_usage_errors(cli: CLI) -> None:
+    import json
+
+    failed(cli.run("open", "beast", "--via"), "option --via needs a value")
+    result = cli.run("open", "beast", "--name", "--json")
+    assert result.returncode == 2 and json.loads(result.stdout)["kind"] == "bad-request"
+    typo = subprocess.run([sys.executable, "-m", "jupyter_tunnel", "opn", "beast"],
+                          capture_output=True, text=True)
+    failed(typo, "unknown command 'opn'", "open, list")
+    failed(cli.run("list", "extra"), "unexpected argument 'extra'")
+
+
+def test_launched_server_that_dies_at_once_is_reported_at_once(
+        cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    import json
+    import time
+
+    config = net.home("beast") / ".jupyter" / "jupyter_server_config.json"
+    saved = config.read_text()
+    broken = json.loads(saved)
+    broken["ServerApp"]["root_dir"] = "/nonexistent-jupyter-tunnel-test"
+    net.stop_jupyter()
+    config.write_text(json.dumps(broken))
+    try:
+        t0 = time.monotonic()
+        result = cli.run("open", "beast", "--via", "unicorn", "--launch")
+        elapsed = time.monotonic() - t0
+    finally:
+        config.write_text(saved)
+        net.start_jupyter()
+    failed(result, "JupyterLab started on beast but exited at once")
+    assert elapsed < 30  # not the whole launch_timeout (60 s)
+    assert "token=" not in result.stderr or "token=…" in result.stderr
+    assert_left_nothing(runtime_dir)

@@ -39,7 +39,7 @@ def test_loose_folder_mode_is_tightened_and_foreign_folder_refused(tmp_path: Pat
     assert folder.stat().st_mode & 0o777 == 0o700
     link = tmp_path / "link"
     link.symlink_to(folder)
-    with pytest.raises(ConfigError, match="is not a folder"):
+    with pytest.raises(ConfigError, match="is a symbolic link"):
         Registry(link).write(record("y"))
 
 

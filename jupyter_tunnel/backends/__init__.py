@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Backend, ProgressCallback
+from .base import Backend, DeadCallback, NoticeCallback, ProgressCallback
 
 
 def make_backend(name: str = "sshtunnel") -> Backend:
@@ -16,4 +16,4 @@ def make_backend(name: str = "sshtunnel") -> Backend:
     raise SpecError(f"unknown backend {name!r}: choose 'sshtunnel' or 'auto'")
 
 
-__all__ = ["Backend", "ProgressCallback", "make_backend"]
+__all__ = ["Backend", "DeadCallback", "NoticeCallback", "ProgressCallback", "make_backend"]

@@ -9,15 +9,17 @@ from ..sshconfig import ResolvedHop
 
 #: called with the index of the hop being connected and the hop
 ProgressCallback = Callable[[int, ResolvedHop], None]
-#: called with the hop that stopped answering and a message saying so
-DeadCallback = Callable[[ResolvedHop, str], None]
+#: called with the hop that went down, a message saying so, and whether it timed out
+DeadCallback = Callable[[ResolvedHop, str, bool], None]
+#: called with something the user should know, e.g. a host key added to known_hosts
+NoticeCallback = Callable[[str], None]
 
 
 class Backend(Protocol):
     """Connect a chain of hops, forward ports through it, run commands on its end."""
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
-                timeout: float = 10.0) -> None:
+                timeout: float = 10.0, notice: NoticeCallback | None = None) -> None:
         """Connect every hop in order; raise a :class:`TunnelError` naming the failing hop."""
 
     def keepalive(self, interval: int, count_max: int, on_dead: DeadCallback) -> None:
@@ -34,6 +36,9 @@ class Backend(Protocol):
 
     def alive(self) -> bool:
         """Whether every hop's connection is up."""
+
+    def dead_hop(self) -> ResolvedHop | None:
+        """The first hop whose connection is down, if any."""
 
     def stats(self) -> dict[str, int]:
         """Counters: bytes_in, bytes_out, connections (open now), connections_total."""

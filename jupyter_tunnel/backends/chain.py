@@ -20,7 +20,7 @@ import paramiko.pipe
 from .. import hostkeys
 from ..errors import AuthError, ForwardingRefused, HopTimeout, HopUnreachable
 from ..sshconfig import ResolvedHop
-from .base import DeadCallback, ProgressCallback
+from .base import DeadCallback, NoticeCallback, ProgressCallback
 
 log = logging.getLogger("jupyter_tunnel")
 # paramiko's transport threads log failures we report ourselves as typed errors; without a
@@ -109,14 +109,16 @@ class HopChain:
         self.hops: list[ResolvedHop] = []
         self._closed = False
         self._agent: Any = None
+        self._notice: NoticeCallback | None = None
         #: per transport: when a packet last arrived from the server
         self.last_read: list[float] = []
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None,
-                timeout: float) -> None:
+                timeout: float, notice: NoticeCallback | None = None) -> None:
         """Connect all hops in order; on failure close what was opened and raise."""
+        self._notice = notice
         try:
             for index, hop in enumerate(chain):
                 if self._closed:
@@ -201,25 +203,29 @@ class HopChain:
             count = hop.server_alive_count_max if hop.server_alive_count_max is not None \
                 else count_max
             settings.append((max(every, 0), max(count, 1)))
-        if not any(every for every, _ in settings):
-            return
         self._monitor = threading.Thread(target=self._keepalive_loop, args=(settings, on_dead),
                                          name="jupyter_tunnel-keepalive", daemon=True)
         self._monitor.start()
 
     def _keepalive_loop(self, settings: list[tuple[int, int]],
                         on_dead: DeadCallback) -> None:
-        step = min(every for every, _ in settings if every) / 4
+        step = min([every / 4 for every, _ in settings if every] + [1.0])
         last_sent = [time.monotonic()] * len(settings)
         while not self._stop.wait(step):
             now = time.monotonic()
             for i, (every, count) in enumerate(settings):
-                if not every or i >= len(self.transports):
+                if i >= len(self.transports):
+                    continue
+                if not self.transports[i].is_active():
+                    on_dead(self.hops[i], f"the connection to {self.hops[i].label} was closed",
+                            False)
+                    return
+                if not every:
                     continue
                 if now - self.last_read[i] > every * count + step:
                     hop = self.hops[i]
                     on_dead(hop, f"{hop.label} stopped answering: {count} keepalive(s) sent "
-                                 f"{every} s apart got no reply")
+                                 f"{every} s apart got no reply", True)
                     return
                 if now - last_sent[i] >= every:
                     last_sent[i] = now
@@ -264,7 +270,10 @@ class HopChain:
                                  f"server listening on port {hop.port}?", hop=hop.alias) from None
         try:
             key = transport.get_remote_server_key()
-            hostkeys.verify(hop, key.get_name(), key.asbytes())
+            if hostkeys.verify(hop, key.get_name(), key.asbytes()) and self._notice:
+                self._notice(f"Permanently added the {key.get_name()} host key of {hop.label} "
+                             f"({hostkeys.fingerprint(key.asbytes())}) to "
+                             f"{hop.known_hosts_files[0]}")
             self._authenticate(hop, transport, t)
         except BaseException:
             transport.close()
@@ -335,6 +344,13 @@ class HopChain:
         finally:
             chan.close()
         return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def dead_hop(self) -> ResolvedHop | None:
+        """The first hop whose connection is down (the ones after it went down with it)."""
+        for hop, transport in zip(self.hops, self.transports, strict=False):
+            if not transport.is_active():
+                return hop
+        return None
 
     def alive(self) -> bool:
         """True while every transport is active."""

@@ -23,7 +23,7 @@ import sshtunnel
 
 from ..errors import HopUnreachable, PortInUse, TunnelError
 from ..sshconfig import ResolvedHop
-from .base import DeadCallback, ProgressCallback
+from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
 
 log = logging.getLogger("jupyter_tunnel")
@@ -164,9 +164,9 @@ class SSHTunnelBackend:
         self._lock = threading.Lock()
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
-                timeout: float = 10.0) -> None:
+                timeout: float = 10.0, notice: NoticeCallback | None = None) -> None:
         """Connect every hop; see :meth:`HopChain.connect`."""
-        self.chain.connect(chain, progress, timeout)
+        self.chain.connect(chain, progress, timeout, notice)
 
     def keepalive(self, interval: int, count_max: int, on_dead: DeadCallback) -> None:
         """Watch every hop with keepalives; see :meth:`HopChain.start_keepalive`."""
@@ -218,6 +218,10 @@ class SSHTunnelBackend:
     def alive(self) -> bool:
         """Whether every hop is connected."""
         return self.chain.alive()
+
+    def dead_hop(self) -> ResolvedHop | None:
+        """The first hop whose connection is down."""
+        return self.chain.dead_hop()
 
     def stats(self) -> dict[str, int]:
         """Traffic counters."""
