@@ -106,7 +106,7 @@ jupyter tunnel open beast via unicorn --detach --json
             _quiet_signals()
             if tunnel is not None:
                 tunnel.close()
-            self.say("interrupted: nothing left open")
+            self.interrupted()
             self.quit(130)
         info = tunnel.to_dict()
         if self.detached_child:
@@ -127,6 +127,13 @@ jupyter tunnel open beast via unicorn --detach --json
             self.quit(1)
         self.say(f"Tunnel {tunnel.name} closed.")
 
+    def interrupted(self) -> None:
+        """Say that Ctrl-C or SIGTERM stopped the open (as JSON too, with --json)."""
+        self.say("interrupted: nothing left open")
+        if self.json_output and not self.detached_child:
+            print(json.dumps({"error": "interrupted: nothing left open", "kind": "interrupted",
+                              "hop": None}), flush=True)
+
     def say(self, text: str) -> None:
         """Progress on stderr; the background process of --detach speaks for its parent."""
         if not self.json_output or self.child_progress:
@@ -143,7 +150,7 @@ jupyter tunnel open beast via unicorn --detach --json
             _quiet_signals()
             child.terminate()  # the child closes what it opened and exits
             child.wait()
-            self.say("interrupted: nothing left open")
+            self.interrupted()
             self.quit(130)
         child.stdout.close()
         try:

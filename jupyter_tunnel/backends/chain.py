@@ -213,17 +213,15 @@ class HopChain:
         last_sent = [time.monotonic()] * len(settings)
         while not self._stop.wait(step):
             now = time.monotonic()
-            for i, (every, count) in enumerate(settings):
-                if i >= len(self.transports):
-                    continue
-                if not self.transports[i].is_active():
-                    on_dead(self.hops[i], f"the connection to {self.hops[i].label} was closed",
-                            False)
+            transports, hops = self.transports, self.hops  # close() swaps in empty lists
+            for i, (every, count) in enumerate(settings[:len(transports)]):
+                hop = hops[i]
+                if not transports[i].is_active():
+                    on_dead(hop, f"the connection to {hop.label} was closed", False)
                     return
                 if not every:
                     continue
                 if now - self.last_read[i] > every * count + step:
-                    hop = self.hops[i]
                     on_dead(hop, f"{hop.label} stopped answering: {count} keepalive(s) sent "
                                  f"{every} s apart got no reply", True)
                     return
@@ -234,7 +232,7 @@ class HopChain:
                         message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
                         message.add_string("keepalive@openssh.com")
                         message.add_boolean(True)  # want a reply: that is the point
-                        self.transports[i]._send_user_message(message)
+                        transports[i]._send_user_message(message)
                     except (paramiko.SSHException, EOFError, OSError):
                         pass  # a dead transport is noticed by alive() and by the clock above
 
@@ -360,9 +358,8 @@ class HopChain:
         """Close transports, last hop first; a connect under way stops at the next hop."""
         self._closed = True
         self._stop.set()
-        for transport in reversed(self.transports):
+        transports, self.transports, self.hops = self.transports, [], []
+        for transport in reversed(transports):
             with contextlib.suppress(Exception):
                 transport.close()
-        self.transports.clear()
-        self.hops.clear()
 
