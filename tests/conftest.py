@@ -6,6 +6,7 @@ Tests that need the network skip when sshd is missing, unless JT_REQUIRE_NETWORK
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,3 +95,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def foreground(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run a command that prints a tunnel URL and stays up; yield it and the URL.
+
+    The process is killed on the way out if the test did not end it.
+    """
+    proc = subprocess.Popen(argv, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://127.0.0.1:"):
+            proc.kill()
+            pytest.fail(f"no URL printed: {url!r}\n{proc.stderr.read()}")
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -11,7 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import CLI, port_is_free
+from conftest import CLI, foreground, port_is_free
 from test_open import api_status
 
 from jupyter_tunnel.sandbox import SSHD, Sandbox
@@ -22,18 +22,11 @@ pytestmark = pytest.mark.network
 def test_demo_opens_beast_via_unicorn_and_ctrl_c_removes_everything() -> None:
     if not os.path.exists(SSHD):
         pytest.skip("needs sshd")  # the missing-sshd message is tested below
-    proc = subprocess.Popen([sys.executable, "-m", "jupyter_tunnel", "demo"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        url = proc.stdout.readline().strip() if proc.stdout else ""
-        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+    with foreground([sys.executable, "-m", "jupyter_tunnel", "demo"]) as (proc, url):
         assert api_status(url) == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read() if proc.stderr else ""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert "[2/2] connecting to beast" in err and "Demo network removed." in err
     port = urllib.parse.urlsplit(url).port
     assert port is not None and port_is_free(port)

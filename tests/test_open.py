@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CLI, port_is_free
+from conftest import CLI, foreground, port_is_free
 
 from jupyter_tunnel import procinfo
 from jupyter_tunnel.sandbox import Sandbox
@@ -39,11 +38,7 @@ def registry_files(runtime_dir: Path) -> list[str]:
 
 def test_foreground_open_prints_working_url_and_ctrl_c_cleans_up(
         cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
-    proc = subprocess.Popen(cli.argv("open", "beast", "--via", "unicorn"), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        url = proc.stdout.readline().strip() if proc.stdout else ""
-        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+    with foreground(cli.argv("open", "beast", "--via", "unicorn")) as (proc, url):
         assert net.jupyter is not None and f"token={net.jupyter.token}" in url
         assert api_status(url) == 200
         port = urllib.parse.urlsplit(url).port
@@ -58,12 +53,9 @@ def test_foreground_open_prints_working_url_and_ctrl_c_cleans_up(
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
         err = proc.stderr.read() if proc.stderr else ""
-        assert "[1/2] connecting to unicorn" in err and "[2/2] connecting to beast" in err
-        assert "closed" in err
-        assert net.jupyter.token not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert "[1/2] connecting to unicorn" in err and "[2/2] connecting to beast" in err
+    assert "closed" in err
+    assert net.jupyter.token not in err
     assert port_is_free(port)
     assert registry_files(runtime_dir) == []
 
@@ -145,21 +137,13 @@ def test_python_api_in_process(net: Sandbox, runtime_dir: Path) -> None:
 
 def test_lost_connection_ends_the_foreground_tunnel(cli: CLI, net: Sandbox,
                                                     runtime_dir: Path) -> None:
-    proc = subprocess.Popen(cli.argv("open", "beast", "--via", "unicorn"), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        url = proc.stdout.readline().strip() if proc.stdout else ""
-        assert url.startswith("http://127.0.0.1:")
+    with foreground(cli.argv("open", "beast", "--via", "unicorn")) as (proc, url):
         net.stop_sshd("unicorn")  # ends the sessions too: the jump host is gone
         try:
             assert proc.wait(timeout=20) == 1
         finally:
             net.start_sshd("unicorn")
-        err = proc.stderr.read() if proc.stderr else ""
-        assert "closed: the connection to unicorn (" in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert "closed: the connection to unicorn (" in (proc.stderr.read() if proc.stderr else "")
     port = urllib.parse.urlsplit(url).port
     assert port is not None and port_is_free(port)
     assert registry_files(runtime_dir) == []
@@ -170,11 +154,7 @@ def test_silent_outage_is_noticed_by_keepalives(net: Sandbox, tmp_path: Path,
     cfg = tmp_path / "cfg"
     cfg.write_text(net.ssh_config.read_text().replace(
         "Host unicorn\n", "Host unicorn\n  ServerAliveInterval 1\n  ServerAliveCountMax 2\n"))
-    proc = subprocess.Popen(CLI(cfg).argv("open", "beast", "--via", "unicorn"), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        url = proc.stdout.readline().strip() if proc.stdout else ""
-        assert url.startswith("http://127.0.0.1:")
+    with foreground(CLI(cfg).argv("open", "beast", "--via", "unicorn")) as (proc, url):
         time.sleep(3)  # answered keepalives keep it open
         assert proc.poll() is None and api_status(url) == 200
         net.pause_sessions("unicorn")  # no FIN, no RST: only keepalives can tell
@@ -185,10 +165,7 @@ def test_silent_outage_is_noticed_by_keepalives(net: Sandbox, tmp_path: Path,
         finally:
             net.resume_sessions("unicorn")
         err = proc.stderr.read() if proc.stderr else ""
-        assert "unicorn (" in err and "stopped answering: 2 keepalive(s) sent 1 s apart" in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert "unicorn (" in err and "stopped answering: 2 keepalive(s) sent 1 s apart" in err
     port = urllib.parse.urlsplit(url).port
     assert port is not None and port_is_free(port)
     assert registry_files(runtime_dir) == []
