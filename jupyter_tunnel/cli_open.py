@@ -109,15 +109,12 @@ jupyter tunnel open beast via unicorn --detach --json
             self.interrupted()
             self.quit(130)
         info = tunnel.to_dict()
+        self.report_ready(info, f"Ready in {time.monotonic() - t0:.2f} s: "
+                                f"{tunnel.chain[-1].alias}'s Jupyter (port {info['remote_port']})"
+                                f" on 127.0.0.1:{info['local_port']}")
         if self.detached_child:
-            print(json.dumps(info), flush=True)
             _go_quiet()
-        elif self.json_output:
-            print(json.dumps(info), flush=True)
         else:
-            self.say(f"Ready in {time.monotonic() - t0:.2f} s: {tunnel.chain[-1].alias}'s "
-                     f"Jupyter (port {info['remote_port']}) on 127.0.0.1:{info['local_port']}")
-            print(info["url"], flush=True)
             self.say("Press Ctrl-C to close the tunnel.")
         lost = _wait(tunnel)
         reason = tunnel.loss_reason() if lost else ""
@@ -162,11 +159,15 @@ jupyter tunnel open beast via unicorn --detach --json
             if isinstance(info, dict) and info.get("error"):
                 self.quit_with(info, code or 1)
             self.fail(TunnelError(f"the background tunnel process exited with status {code}"))
+        self.report_ready(info, f"Tunnel {info['name']} ready in the background (pid "
+                                f"{child.pid}); close it with: jupyter tunnel close {info['name']}")
+
+    def report_ready(self, info: dict[str, Any], message: str) -> None:
+        """The ready tunnel: its JSON with --json, else ``message`` and the URL on stdout."""
         if self.json_output:
             print(json.dumps(info), flush=True)
         else:
-            self.say(f"Tunnel {info['name']} ready in the background (pid {child.pid}); "
-                     f"close it with: jupyter tunnel close {info['name']}")
+            self.say(message)
             print(info["url"], flush=True)
 
     def quit_with(self, error: dict[str, Any], code: int) -> NoReturn:

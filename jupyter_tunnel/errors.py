@@ -7,6 +7,7 @@ HTTP statuses or widget messages in one place each.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -65,7 +66,16 @@ class ForwardingRefused(TunnelError):
 
 
 class PortInUse(TunnelError):
-    """The local port asked for is taken."""
+    """The local port asked for is taken (or cannot be listened on)."""
+
+    @classmethod
+    def from_bind_error(cls, host: str, port: int, exc: OSError) -> PortInUse:
+        """The error for a failed ``bind(host, port)``."""
+        if exc.errno == errno.EADDRINUSE:
+            return cls(f"local port {port} is already in use on {host}: choose another with "
+                       "--local-port, or leave it out to use a free one")
+        return cls(f"cannot listen on {host}:{port}: {exc.strerror} (ports below 1024 need "
+                   "privileges)")
 
 
 class RemoteJupyterNotFound(TunnelError):

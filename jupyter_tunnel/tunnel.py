@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import logging
 import shlex
 import socket
@@ -31,11 +30,7 @@ def check_port_free(port: int) -> None:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:
-            raise PortInUse(
-                f"local port {port} is already in use on 127.0.0.1: choose another with "
-                "--local-port, or leave it out to use a free one"
-                if exc.errno == errno.EADDRINUSE else
-                f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+            raise PortInUse.from_bind_error("127.0.0.1", port, exc) from None
 
 
 class State(str, enum.Enum):

@@ -171,23 +171,18 @@ def test_missing_ssh_config_file(runtime_dir: Path, tmp_path: Path) -> None:
     failed(result, "ssh config file", "does not exist")
 
 
-def test_jump_host_down(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
-    net.stop_sshd("unicorn")
+@pytest.mark.parametrize(("down", "words"), [
+    ("unicorn", ("unicorn (", "refused the connection")),  # the jump host
+    ("beast", ("unicorn could not connect to beast (",)),  # the target
+])
+def test_hop_down(cli: CLI, net: Sandbox, runtime_dir: Path, down: str,
+                  words: tuple[str, ...]) -> None:
+    net.stop_sshd(down)
     try:
         result = cli.run("open", "beast", "--via", "unicorn")
     finally:
-        net.start_sshd("unicorn")
-    failed(result, "unicorn (", "refused the connection")
-    assert_left_nothing(runtime_dir)
-
-
-def test_target_down(cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
-    net.stop_sshd("beast")
-    try:
-        result = cli.run("open", "beast", "--via", "unicorn")
-    finally:
-        net.start_sshd("beast")
-    failed(result, "unicorn could not connect to beast (")
+        net.start_sshd(down)
+    failed(result, *words)
     assert_left_nothing(runtime_dir)
 
 

@@ -113,7 +113,6 @@ class HopChain:
         #: per transport: when a packet last arrived from the server
         self.last_read: list[float] = []
         self._stop = threading.Event()
-        self._monitor: threading.Thread | None = None
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None,
                 timeout: float, notice: NoticeCallback | None = None) -> None:
@@ -203,9 +202,8 @@ class HopChain:
             count = hop.server_alive_count_max if hop.server_alive_count_max is not None \
                 else count_max
             settings.append((max(every, 0), max(count, 1)))
-        self._monitor = threading.Thread(target=self._keepalive_loop, args=(settings, on_dead),
-                                         name="jupyter_tunnel-keepalive", daemon=True)
-        self._monitor.start()
+        threading.Thread(target=self._keepalive_loop, args=(settings, on_dead),
+                         name="jupyter_tunnel-keepalive", daemon=True).start()
 
     def _keepalive_loop(self, settings: list[tuple[int, int]],
                         on_dead: DeadCallback) -> None:

@@ -11,7 +11,6 @@ passed through.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import selectors
 import socket
@@ -120,12 +119,7 @@ class _Server(sshtunnel._ThreadingForwardServer):  # type: ignore[misc]
             super().server_bind()
         except OSError as exc:
             host, port = self.server_address
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"local port {port} is already in use on {host}: choose another with "
-                    "--local-port, or leave it out to use a free one") from None
-            raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror} (ports below 1024 "
-                            "need privileges)") from None
+            raise PortInUse.from_bind_error(host, port, exc) from None
 
 
 class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
