@@ -17,12 +17,36 @@ from .cli_base import BaseTunnelApp, common_flags
 from .errors import SpecError, TunnelError
 
 
+def _why(record: dict[str, Any]) -> str:
+    """What is wrong with a tunnel, in words (empty when nothing is)."""
+    state = record.get("state")
+    if state == "orphaned":
+        return (f"its {record.get('owner')} process (pid {record.get('pid')}) is gone; "
+                "'jupyter tunnel cleanup' removes it")
+    if state == "reconnecting":
+        text = f"attempt {record.get('attempt') or 1}"
+        if record.get("next_try"):
+            text += f", next in {max(0.0, record['next_try'] - time.time()):.0f} s"
+        return f"{text}: {record.get('problem')}" if record.get("problem") else text
+    err = record.get("error") or {}
+    return str(err.get("error") or record.get("problem") or "")
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 def _row(record: dict[str, Any]) -> str:
     hops = " -> ".join(record.get("hops") or [])
     port = record.get("local_port") or "-"
     state = record.get("state", "?")
-    err = record.get("error") or {}
-    extra = f"  ({err.get('error')})" if err else ""
+    why = _why(record)
+    extra = f"  ({why})" if why else ""
     owner = f"{record.get('owner', '?')} (pid {record.get('pid')})"
     return f"{record['name']:<16} {state:<12} 127.0.0.1:{port:<6} {hops:<32} {owner}{extra}"
 
@@ -64,15 +88,28 @@ class StatusApp(BaseTunnelApp):
         if self.json_output:
             print(json.dumps(_public(record)), flush=True)
             return
-        for key in ("name", "state", "hops", "local_port", "remote_port", "url", "owner", "pid",
-                    "reconnects", "error"):
-            value = record.get(key)
-            if key == "hops":
-                value = " -> ".join(value or [])
-            elif key == "since":
-                value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value or 0))
-            elif key == "error" and value:
-                value = value.get("error")
+        since = record.get("since") or time.time()
+        rows: list[tuple[str, Any]] = [
+            ("name", record.get("name")),
+            ("state", f"{record.get('state')} for {_ago(time.time() - since)}"),
+            ("why", _why(record) or None),
+            ("hops", " -> ".join(record.get("hops") or [])),
+            ("local_port", record.get("local_port")),
+            ("remote_port", record.get("remote_port")),
+            ("url", record.get("url")),
+        ]
+        rows += [("forward", f"{f['type']} {f['listen']} -> {f['to']}")
+                 for f in record.get("forwards") or []]
+        rows += [
+            ("owner", f"{record.get('owner')} (pid {record.get('pid')})"),
+            ("up", _ago(time.time() - (record.get("created") or time.time()))),
+            ("reconnects", record.get("reconnects", 0)),
+            ("traffic", f"{record.get('bytes_in', 0)} bytes in, {record.get('bytes_out', 0)} "
+                        f"bytes out, {record.get('connections', 0)} connection(s) open"),
+        ]
+        for key, value in rows:
+            if key == "why" and value is None:
+                continue
             print(f"{key + ':':<13}{value if value is not None else '-'}")
 
 
@@ -114,6 +151,33 @@ class CloseApp(BaseTunnelApp):
             self.quit(1)
 
 
+class CleanupApp(BaseTunnelApp):
+    """jupyter tunnel cleanup."""
+
+    name = "jupyter-tunnel-cleanup"
+    description = """Remove what crashed tunnels left behind: records whose owner process is gone,
+    and processes they started (proven by pid, start time and command line). A port held by
+    another program is reported with its owner, never killed."""
+
+    def start(self) -> None:
+        self.no_args()
+        try:
+            report = self.manager().cleanup()
+        except TunnelError as exc:
+            self.fail(exc)
+        if self.json_output:
+            print(json.dumps(report), flush=True)
+            return
+        for item in report["removed"]:
+            print(f"removed {item['name']}: {item['why']}")
+        for item in report["ended"]:
+            print(f"ended pid {item['pid']} ({item['command']}) of {item['tunnel']}")
+        for item in report["left"]:
+            print(f"left alone: {item['why']}")
+        if not any(report.values()):
+            print("Nothing to clean up.")
+
+
 def _public(record: dict[str, Any]) -> dict[str, Any]:
     """A record as printed: every field, in a stable order."""
     return {k: record[k] for k in sorted(record)}
@@ -128,6 +192,7 @@ class TunnelApp(BaseTunnelApp):
 jupyter tunnel open beast --via unicorn
 jupyter tunnel list
 jupyter tunnel close beast
+jupyter tunnel cleanup
 jupyter tunnel demo
 """
     flags = base_flags
@@ -138,6 +203,7 @@ jupyter tunnel demo
         "list": (ListApp, ListApp.description),
         "status": (StatusApp, StatusApp.description),
         "close": (CloseApp, CloseApp.description),
+        "cleanup": (CleanupApp, "Remove what crashed tunnels left behind (records, processes)."),
         "demo": ("jupyter_tunnel.cli_open.DemoApp",
                  "Run a throwaway SSH network here and open beast via unicorn through it."),
     }

@@ -20,7 +20,11 @@ from .tunnel import State, Tunnel
 
 
 def _progress(app: BaseTunnelApp) -> Any:
+    """Progress lines on stderr: hops while connecting, then what happens to the tunnel."""
+    previous = [State.CONNECTING]
+
     def on_event(tunnel: Tunnel, event: str) -> None:
+        state = tunnel.state
         if event == "hop":
             hop = tunnel.chain[tunnel.hop_index]
             n = len(tunnel.chain)
@@ -29,9 +33,30 @@ def _progress(app: BaseTunnelApp) -> Any:
             app.say(f"  {tunnel.notices[-1]}")
         elif event == "launch":
             app.say(f"  starting JupyterLab on {tunnel.chain[-1].alias}")
-        elif event == "state" and tunnel.state is State.DETECTING:
-            app.say(f"  looking for a running Jupyter server on {tunnel.chain[-1].alias}")
+        elif event == "state":
+            was, previous[0] = previous[0], state
+            if state is State.DETECTING:
+                app.say(f"  looking for a running Jupyter server on {tunnel.chain[-1].alias}")
+            elif state is State.RECONNECTING:
+                if was is not State.RECONNECTING:
+                    app.say(f"Connection lost: {tunnel.problem}. Reconnecting on the same port...")
+                elif tunnel.next_try:
+                    wait = max(0.0, tunnel.next_try - time.time())
+                    app.say(f"  attempt {tunnel.attempt} failed: {tunnel.problem}; next in "
+                            f"{wait:.1f} s")
+            elif state is State.DEGRADED:
+                app.say(f"Degraded: SSH is up but {tunnel.problem}")
+            elif state is State.READY and was in (State.RECONNECTING, State.DEGRADED):
+                app.say(f"Ready again on 127.0.0.1:{tunnel.local_port or '-'} "
+                        f"(reconnects so far: {tunnel.reconnects})")
     return on_event
+
+
+def _ready_lines(info: dict[str, Any]) -> list[str]:
+    """What stdout shows of a ready tunnel: its URL, or its forwards with --no-jupyter."""
+    if info.get("url"):
+        return [info["url"]]
+    return [f"{f['type']} {f['listen']} -> {f['to']}" for f in info.get("forwards") or []]
 
 
 class OpenApp(BaseTunnelApp):
@@ -56,6 +81,8 @@ jupyter tunnel open beast via unicorn --detach --json
         "name": "OpenApp.tunnel_name",
         "local-port": "OpenApp.local_port",
         "remote-port": "OpenApp.remote_port",
+        "forward": "OpenApp.forward",
+        "reverse": "OpenApp.reverse",
         "backend": "TunnelManager.backend",
     }
     flags = {
@@ -64,6 +91,8 @@ jupyter tunnel open beast via unicorn --detach --json
                    "Start JupyterLab on the target (through your login shell) if none runs."),
         "detach": ({"OpenApp": {"detach": True}},
                    "Return once ready and keep the tunnel open in a background process."),
+        "no-jupyter": ({"OpenApp": {"jupyter": False}},
+                       "Forward only what --forward and --reverse ask for; look for no Jupyter."),
     }
     via = List(Unicode(), help="Jump hosts, first hop first (repeatable or comma separated).")\
         .tag(config=True)
@@ -73,6 +102,13 @@ jupyter tunnel open beast via unicorn --detach --json
         .tag(config=True)
     remote_port = Unicode("", help="Port of the remote Jupyter, when several run.")\
         .tag(config=True)
+    forward = List(Unicode(), help="Extra local forward PORT:HOST:HOSTPORT, as ssh -L (HOST as "
+                   "the target sees it; listens on 127.0.0.1). Repeatable.").tag(config=True)
+    reverse = List(Unicode(), help="Reverse forward [BIND:]PORT:HOST:HOSTPORT, as ssh -R: the "
+                   "target listens on PORT (on its 127.0.0.1 unless BIND is given) and its "
+                   "connections reach HOST:HOSTPORT as this machine sees it. Repeatable.")\
+        .tag(config=True)
+    jupyter = Bool(True, help="Find the remote Jupyter and forward to it.").tag(config=True)
     launch = Bool(False, help="Start JupyterLab on the target if none runs.").tag(config=True)
     detach = Bool(False, help="Keep the tunnel in a background process.").tag(config=True)
     detached_child = Bool(False, help="(internal) run as the background process of --detach")\
@@ -85,7 +121,8 @@ jupyter tunnel open beast via unicorn --detach --json
             spec = build_spec(
                 [str(a) for a in self.extra_args],
                 self.via, name=self.tunnel_name or None, local_port=self.local_port,
-                remote_port=self.remote_port, launch=self.launch,
+                remote_port=self.remote_port, launch=self.launch, forwards=self.forward,
+                reverse=self.reverse, jupyter=self.jupyter,
             )
         except TunnelError as exc:
             self.fail(exc)
@@ -94,6 +131,10 @@ jupyter tunnel open beast via unicorn --detach --json
             self._spawn_detached()
             return
         manager = self.manager()
+        try:
+            manager.cleanup()  # what crashed tunnels left must not block names or ports
+        except TunnelError as exc:
+            self.fail(exc)
         t0 = time.monotonic()
         tunnel: Tunnel | None = None
         try:
@@ -109,18 +150,18 @@ jupyter tunnel open beast via unicorn --detach --json
             self.interrupted()
             self.quit(130)
         info = tunnel.to_dict()
-        self.report_ready(info, f"Ready in {time.monotonic() - t0:.2f} s: "
-                                f"{tunnel.chain[-1].alias}'s Jupyter (port {info['remote_port']})"
-                                f" on 127.0.0.1:{info['local_port']}")
+        what = (f"{tunnel.chain[-1].alias}'s Jupyter (port {info['remote_port']}) on "
+                f"127.0.0.1:{info['local_port']}" if tunnel.spec.jupyter else
+                f"{len(info['forwards'])} forward(s) through {tunnel.chain[-1].alias}")
+        self.report_ready(info, f"Ready in {time.monotonic() - t0:.2f} s: {what}")
         if self.detached_child:
             _go_quiet()
         else:
             self.say("Press Ctrl-C to close the tunnel.")
-        lost = _wait(tunnel)
-        reason = tunnel.loss_reason() if lost else ""
+        failed = _wait(tunnel)
         tunnel.close()
-        if lost:
-            self.say(f"Tunnel {tunnel.name} closed: {reason}.")
+        if failed:
+            self.say(f"Tunnel {tunnel.name} failed: {tunnel.loss_reason()}")
             self.quit(1)
         self.say(f"Tunnel {tunnel.name} closed.")
 
@@ -168,7 +209,8 @@ jupyter tunnel open beast via unicorn --detach --json
             print(json.dumps(info), flush=True)
         else:
             self.say(message)
-            print(info["url"], flush=True)
+            for line in _ready_lines(info):
+                print(line, flush=True)
 
     def quit_with(self, error: dict[str, Any], code: int) -> NoReturn:
         """Pass on the background process's error as it reported it, and its exit status."""
@@ -208,15 +250,16 @@ def _quiet_signals() -> None:
 
 
 def _wait(tunnel: Tunnel) -> bool:
-    """Wait for Ctrl-C, SIGTERM or the loss of the connection; True if it was lost."""
+    """Wait for Ctrl-C, SIGTERM or the tunnel's failure (it reconnects by itself until then);
+    True if it failed."""
     try:
-        while tunnel.alive():
-            time.sleep(0.5)
+        while not tunnel.wait(0.5):
+            pass
     except KeyboardInterrupt:
         _quiet_signals()
         return False
     _quiet_signals()
-    return True
+    return tunnel.state is State.FAILED
 
 
 def _go_quiet() -> None:

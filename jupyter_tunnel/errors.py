@@ -65,6 +65,10 @@ class ForwardingRefused(TunnelError):
     """A server refused to open a forwarding channel."""
 
 
+class RemotePortRefused(ForwardingRefused):
+    """The target refused to listen on a port for a reverse forward."""
+
+
 class PortInUse(TunnelError):
     """The local port asked for is taken (or cannot be listened on)."""
 
@@ -72,8 +76,11 @@ class PortInUse(TunnelError):
     def from_bind_error(cls, host: str, port: int, exc: OSError) -> PortInUse:
         """The error for a failed ``bind(host, port)``."""
         if exc.errno == errno.EADDRINUSE:
-            return cls(f"local port {port} is already in use on {host}: choose another with "
-                       "--local-port, or leave it out to use a free one")
+            from .ports import describe_holders
+
+            return cls(f"local port {port} is already in use on {host}"
+                       f"{describe_holders(port)}: choose another port, or leave --local-port "
+                       "out to use a free one")
         return cls(f"cannot listen on {host}:{port}: {exc.strerror} (ports below 1024 need "
                    "privileges)")
 
@@ -104,6 +111,7 @@ _KINDS: dict[type[TunnelError], str] = {
     HopUnreachable: "unreachable",
     HopTimeout: "timeout",
     ForwardingRefused: "forwarding-refused",
+    RemotePortRefused: "remote-port-refused",
     PortInUse: "port-in-use",
     RemoteJupyterNotFound: "jupyter-not-found",
     RemoteJupyterNotReady: "jupyter-not-ready",

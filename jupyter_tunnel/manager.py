@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import contextlib
 import os
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 from traitlets import Enum, Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import procinfo
+from .cleanup import cleanup
 from .errors import SpecError, TunnelError, TunnelNotFound
 from .registry import Registry
 from .spec import TunnelSpec, check_name
@@ -61,6 +64,33 @@ class TunnelManager(LoggingConfigurable):
         help="Seconds to wait for a JupyterLab started with --launch to come up on the remote.",
     ).tag(config=True)
 
+    health_interval = Float(
+        10.0,
+        help="Seconds between checks that the remote Jupyter answers api/status through the "
+        "tunnel. When it stops answering while SSH is up, the tunnel turns 'degraded' and looks "
+        "for the server again (a restarted server has a new token). 0 turns the checks off.",
+    ).tag(config=True)
+
+    reconnect_max_delay = Float(
+        30.0,
+        help="Longest wait in seconds between two reconnect attempts (the wait doubles from "
+        "1 s up to this, with jitter). While the first hop is unreachable, a TCP probe each "
+        "second ends the wait as soon as it answers.",
+    ).tag(config=True)
+
+    reconnect_give_up = Float(
+        0.0,
+        help="Seconds after which a tunnel that cannot reconnect gives up and fails. 0 means "
+        "never: it keeps trying until closed. A refused key, a changed host key or forwarding "
+        "refused by a server stop it at once either way.",
+    ).tag(config=True)
+
+    hold_timeout = Float(
+        20.0,
+        help="Seconds a new local connection waits for a lost SSH connection to come back "
+        "before it is closed (instead of being refused at once while reconnecting).",
+    ).tag(config=True)
+
     backend = Enum(
         ["auto", "sshtunnel"],
         "auto",
@@ -86,6 +116,8 @@ class TunnelManager(LoggingConfigurable):
         self._tunnels: dict[str, Tunnel] = {}
         self._lock = threading.Lock()
         self.registry = Registry(self.registry_dir or None)
+        ref = weakref.ref(self)
+        atexit.register(lambda: (m := ref()) is not None and m.close_all())
 
     def settings(self) -> Settings:
         """The engine settings from the traits."""
@@ -96,6 +128,10 @@ class TunnelManager(LoggingConfigurable):
             ready_timeout=self.ready_timeout,
             launch_timeout=self.launch_timeout,
             backend=self.backend,
+            health_interval=self.health_interval,
+            reconnect_max_delay=self.reconnect_max_delay,
+            reconnect_give_up=self.reconnect_give_up,
+            hold_timeout=self.hold_timeout,
         )
 
     def prepare(self, spec: TunnelSpec, on_event: EventCallback | None = None) -> Tunnel:
@@ -117,11 +153,8 @@ class TunnelManager(LoggingConfigurable):
 
     def start(self, tunnel: Tunnel) -> None:
         """Open a prepared tunnel (blocking) and keep track of it."""
+        tunnel.claim()  # may rename it (beast-2) when another process took the name meanwhile
         with self._lock:
-            if tunnel.name in self._tunnels:
-                from .errors import TunnelExists
-
-                raise TunnelExists(f"a tunnel named {tunnel.name!r} is already open here")
             self._tunnels[tunnel.name] = tunnel
         tunnel.on_event(self._forget_closed)
         try:
@@ -180,7 +213,7 @@ class TunnelManager(LoggingConfigurable):
             raise TunnelNotFound(f"no tunnel named {name!r}; 'jupyter tunnel list' shows them all")
         pid, started = int(record.get("pid", 0)), record.get("started")
         if not procinfo.is_alive(pid, started):
-            self.registry.remove(name, owner_pid=pid)
+            cleanup(self.registry, only=name)  # an orphan: remove it and what it left running
             record["state"] = "closed"
             return record
         if record.get("owner") != "cli" or not _is_our_cli(pid):
@@ -198,6 +231,15 @@ class TunnelManager(LoggingConfigurable):
         self.registry.remove(name, owner_pid=pid)
         record["state"] = "closed"
         return record
+
+    def cleanup(self) -> dict[str, builtins.list[dict[str, Any]]]:
+        """Remove what crashed tunnels of this user left behind; see :mod:`.cleanup`."""
+        report = cleanup(self.registry)
+        for item in report["removed"]:
+            self.log.info("cleanup: removed tunnel record %s: %s", item["name"], item["why"])
+        for item in report["ended"]:
+            self.log.info("cleanup: ended pid %s of tunnel %s", item["pid"], item["tunnel"])
+        return report
 
     def close_all(self) -> builtins.list[dict[str, Any]]:
         """Close every tunnel this process owns."""

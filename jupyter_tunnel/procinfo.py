@@ -56,6 +56,20 @@ def is_alive(pid: int, started: int | None) -> bool:
     return now is not None and (started is None or now == started)
 
 
+def is_same(pid: int, started: int | None, argv: list[str] | None) -> bool:
+    """True only when ``pid`` is the very process recorded: same start time and command line."""
+    return started is not None and is_alive(pid, started) and argv is not None \
+        and cmdline(pid) == list(argv)
+
+
+def identity(pid: int) -> dict[str, object] | None:
+    """``{pid, started, cmdline}`` of a running process (what cleanup needs to prove it)."""
+    started, argv = start_time(pid), cmdline(pid)
+    if started is None or argv is None:
+        return None
+    return {"pid": pid, "started": started, "cmdline": argv}
+
+
 def self_identity() -> tuple[int, int | None]:
     """This process's pid and start time."""
     pid = os.getpid()

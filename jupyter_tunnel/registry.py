@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,7 @@ class Registry:
 
     def read(self, name: str) -> dict[str, Any] | None:
         """The record of ``name``, or None."""
-        try:
-            data = json.loads(self._file(name).read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return _load(self._file(name))
 
     def write(self, record: dict[str, Any]) -> None:
         """Write (replace) the record of ``record['name']`` atomically, mode 0600."""
@@ -102,23 +99,40 @@ class Registry:
             self.write(record)
             return True
 
-    def claim(self, record: dict[str, Any]) -> None:
-        """Create the record, unless a live tunnel already holds the name."""
+    def save(self, record: dict[str, Any], owner_pid: int) -> bool:
+        """Replace the record of ``record['name']`` if ``owner_pid`` still holds it."""
         with self.lock():
             old = self.read(record["name"])
-            if old is not None and procinfo.is_alive(old.get("pid", 0), old.get("started")):
+            if old is not None and old.get("pid") != owner_pid:
+                return False
+            self.write(record)
+            return True
+
+    def claim(self, record: dict[str, Any], *, rename: bool = False) -> str:
+        """Create the record, unless a live tunnel already holds the name; with ``rename``,
+        take the next free name instead (``beast-2``…).  Returns the name used."""
+        with self.lock():
+            name = str(record["name"])
+            if rename:
+                name = self.unique_name(name)
+            elif self._held(name):
+                old = self.read(name) or {}
                 raise TunnelExists(
-                    f"a tunnel named {record['name']!r} is already open (pid {old.get('pid')}); "
+                    f"a tunnel named {name!r} is already open (pid {old.get('pid')}); "
                     "close it first or choose another --name"
                 )
-            self.write(record)
+            self.write({**record, "name": name})
+            return name
+
+    def _held(self, name: str) -> bool:
+        old = self.read(name)
+        return old is not None and procinfo.is_alive(old.get("pid", 0), old.get("started"))
 
     def unique_name(self, base: str) -> str:
         """``base``, or ``base-2``, ``base-3``… whichever no live tunnel holds."""
         for n in range(1, 1000):
             name = base if n == 1 else f"{base[:58]}-{n}"
-            old = self.read(name)
-            if old is None or not procinfo.is_alive(old.get("pid", 0), old.get("started")):
+            if not self._held(name):
                 return name
         raise TunnelExists(f"too many tunnels named {base}-N")
 
@@ -134,6 +148,39 @@ class Registry:
                 self._file(name).unlink()
             return True
 
+    def remove_orphan(self, name: str) -> bool:
+        """Remove the record if its owner is (still) gone; False if it is alive or missing."""
+        with self.lock():
+            record = self.read(name)
+            if record is None or procinfo.is_alive(record.get("pid", 0), record.get("started")):
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                self._file(name).unlink()
+            return True
+
+    def remove_debris(self, age: float = 60.0) -> list[tuple[str, str]]:
+        """Remove unreadable records and temp files of writers that died mid-write."""
+        if not self.path.exists():
+            return []
+        gone: list[tuple[str, str]] = []
+        with self.lock():
+            now = time.time()
+            for file in self.path.iterdir():
+                why = ""
+                if file.name.startswith(".tmp-"):
+                    with contextlib.suppress(OSError):
+                        if now - file.lstat().st_mtime > age:
+                            why = "a temporary file left by a writer that died"
+                elif file.suffix == ".json" and _load(file) is None:
+                    with contextlib.suppress(OSError):
+                        if now - file.lstat().st_mtime > age:
+                            why = "an unreadable record"
+                if why:
+                    with contextlib.suppress(OSError):
+                        file.unlink()
+                        gone.append((file.name, why))
+        return gone
+
     def all(self) -> list[dict[str, Any]]:
         """Every readable record, with ``orphaned`` set where the owner is gone."""
         if not self.path.is_symlink() and not self.path.exists():
@@ -141,9 +188,17 @@ class Registry:
         self._check()
         records = []
         for file in sorted(self.path.glob("*.json")):
-            record = self.read(file.stem)
-            if record is None:
+            record = _load(file)
+            if record is None or record.get("name") != file.stem:
                 continue
             record["orphaned"] = not procinfo.is_alive(record.get("pid", 0), record.get("started"))
             records.append(record)
         return records
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

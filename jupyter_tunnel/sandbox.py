@@ -403,6 +403,27 @@ class Sandbox:
         if kill_sessions:
             _kill_pids(self._connection_pids(name))
 
+    def kill_sessions(self, name: str) -> int:
+        """Kill host name's per-connection sshd processes (SIGKILL), as a crash or an admin
+        would; its listener stays up. Returns how many were killed."""
+        pids = self._connection_pids(name)
+        _kill_pids(pids)
+        return len(pids)
+
+    def cut_link(self) -> None:
+        """Take the link between this machine and unicorn down: a silent outage (network
+        namespaces only)."""
+        self._set_link("down")
+
+    def restore_link(self) -> None:
+        """Bring the link to unicorn back up."""
+        self._set_link("up")
+
+    def _set_link(self, state: str) -> None:
+        if not self._root_link:
+            raise SandboxError("cutting the link needs the network-namespace sandbox (root)")
+        _run(["ip", "link", "set", self._root_link, state])
+
     def pause_sessions(self, name: str) -> None:
         """Freeze host name's SSH connections (SIGSTOP): a silent outage, nothing is closed."""
         for pid in self._connection_pids(name):

@@ -37,6 +37,29 @@ class Hop:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """An extra forward: ``-L`` (local) or ``-R`` (reverse, ``remote`` True).
+
+    A local forward listens on 127.0.0.1:``listen_port`` here and reaches ``host:port`` as
+    the target sees it; a reverse forward listens on ``bind:listen_port`` on the target and
+    reaches ``host:port`` as this machine sees it.
+    """
+
+    listen_port: int
+    host: str
+    port: int
+    remote: bool = False
+    bind: str = "127.0.0.1"
+
+    def __str__(self) -> str:
+        def h(host: str) -> str:
+            return f"[{host}]" if ":" in host else host
+
+        bind = f"{h(self.bind)}:" if self.remote and self.bind != "127.0.0.1" else ""
+        return f"{bind}{self.listen_port}:{h(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True)
 class TunnelSpec:
     """A request for a tunnel to a remote Jupyter server."""
 
@@ -51,6 +74,11 @@ class TunnelSpec:
     launch: bool = False
     #: OpenSSH client config to read; None means ``~/.ssh/config``
     ssh_config: str | None = None
+    #: extra local forwards (``--forward``) and reverse forwards (``--reverse``)
+    forwards: tuple[Forward, ...] = ()
+    reverse: tuple[Forward, ...] = ()
+    #: find the remote Jupyter and forward to it (False: ``--no-jupyter``)
+    jupyter: bool = True
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -147,6 +175,65 @@ def parse_hop(text: str) -> Hop:
     return Hop(host=check_host(host), user=user, port=port)
 
 
+def _split_forward(text: str) -> list[str]:
+    """Split ``a:b:c`` where any part may be a bracketed IPv6 address."""
+    parts, rest = [], text
+    while rest:
+        if rest.startswith("["):
+            end = rest.find("]")
+            if end < 0:
+                raise SpecError(f"invalid forward {text!r}: missing ']'")
+            parts.append(rest[1:end])
+            rest = rest[end + 1 :]
+            if rest and not rest.startswith(":"):
+                raise SpecError(f"invalid forward {text!r}: expected ':' after ']'")
+            rest = rest[1:]
+        else:
+            part, sep, rest = rest.partition(":")
+            parts.append(part)
+            if sep and not rest:
+                parts.append("")
+    return parts
+
+
+def parse_forward(text: str, *, remote: bool = False) -> Forward:
+    """Parse ``--forward [127.0.0.1:]PORT:HOST:HOSTPORT`` or ``--reverse [BIND:]PORT:HOST:PORT``.
+
+    A local forward always listens on 127.0.0.1 (nothing else on this machine may reach it);
+    a reverse forward listens on the target's 127.0.0.1 unless a bind address is given.
+    """
+    option = "--reverse" if remote else "--forward"
+    example = "1313:localhost:8000" if remote else "6006:localhost:6006"
+    raw = str(text).strip()
+    if raw.startswith("-") or any(c.isspace() for c in raw):
+        raise SpecError(f"invalid {option} {text!r}: expected PORT:HOST:HOSTPORT, e.g. {example}")
+    parts = _split_forward(raw)
+    if len(parts) not in (3, 4):
+        raise SpecError(f"invalid {option} {text!r}: expected PORT:HOST:HOSTPORT, e.g. {example}")
+    bind = "127.0.0.1"
+    if len(parts) == 4:
+        bind = parts.pop(0)
+        if not remote and bind not in ("127.0.0.1", "localhost"):
+            raise SpecError(f"invalid {option} {text!r}: local forwards listen on 127.0.0.1 "
+                            "only, so that nobody else on the network can use them")
+        bind = "127.0.0.1" if bind == "localhost" else check_host(bind)
+    where = "remote port" if remote else "local port"
+    listen = parse_port(parts[0], f"{where} of {option} {text}", allow_zero=True)
+    host = check_host(parts[1])
+    port = parse_port(parts[2], f"destination port of {option} {text}")
+    return Forward(listen_port=listen, host=host, port=port, remote=remote, bind=bind)
+
+
+def parse_forwards(values: Iterable[str] | str | None, *, remote: bool = False
+                   ) -> tuple[Forward, ...]:
+    """Parse repeated ``--forward`` or ``--reverse`` values."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = [values]
+    return tuple(parse_forward(v, remote=remote) for v in values)
+
+
 def parse_via(values: Iterable[str] | str | None) -> tuple[Hop, ...]:
     """Parse jump hosts given as repeated and/or comma separated values (``ssh -J`` order)."""
     if values is None:
@@ -195,6 +282,9 @@ def build_spec(
     remote_port: object = None,
     launch: bool = False,
     ssh_config: str | None = None,
+    forwards: Iterable[str] | str | None = None,
+    reverse: Iterable[str] | str | None = None,
+    jupyter: bool = True,
 ) -> TunnelSpec:
     """Build a validated :class:`TunnelSpec` from front-end input.
 
@@ -202,6 +292,17 @@ def build_spec(
     come first, then those of ``via``.
     """
     hop, phrase_via = parse_phrase(target)
+    local = parse_forwards(forwards)
+    remote = parse_forwards(reverse, remote=True)
+    if not jupyter:
+        if not local and not remote:
+            raise SpecError("nothing to forward: with --no-jupyter give at least one --forward "
+                            "or --reverse")
+        given = [o for o, v in (("--local-port", local_port), ("--remote-port", remote_port))
+                 if v not in (None, "")] + (["--launch"] if launch else [])
+        if given:
+            raise SpecError(f"--no-jupyter leaves out the Jupyter forward, so {', '.join(given)} "
+                            "cannot be used with it; use --forward PORT:HOST:HOSTPORT instead")
     spec = TunnelSpec(
         target=hop,
         via=phrase_via + parse_via(via),
@@ -212,5 +313,18 @@ def build_spec(
         else parse_port(remote_port, "remote port"),
         launch=bool(launch),
         ssh_config=ssh_config or None,
+        forwards=local,
+        reverse=remote,
+        jupyter=bool(jupyter),
     )
+    ports = [f.listen_port for f in local if f.listen_port]
+    if spec.jupyter and spec.local_port:
+        ports.append(spec.local_port)
+    twice = sorted({p for p in ports if ports.count(p) > 1})
+    if twice:
+        raise SpecError(f"local port {twice[0]} is asked for twice; each forward needs its own")
+    remote_ports = [f.listen_port for f in remote if f.listen_port]
+    twice = sorted({p for p in remote_ports if remote_ports.count(p) > 1})
+    if twice:
+        raise SpecError(f"remote port {twice[0]} is asked for twice in --reverse")
     return spec

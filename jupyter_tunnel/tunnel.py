@@ -15,9 +15,9 @@ from typing import Any
 
 from . import detect, procinfo
 from .backends import Backend, make_backend
-from .errors import HopTimeout, HopUnreachable, PortInUse, TunnelError
+from .errors import PortInUse, TunnelError
 from .registry import Registry
-from .spec import TunnelSpec
+from .spec import Forward, TunnelSpec
 from .sshconfig import ResolvedHop
 
 log = logging.getLogger("jupyter_tunnel")
@@ -55,19 +55,43 @@ class Settings:
     ready_timeout: float = 15.0
     launch_timeout: float = 60.0
     backend: str = "sshtunnel"
+    #: seconds between api/status checks of the remote Jupyter (0: none)
+    health_interval: float = 10.0
+    #: longest wait between reconnect attempts
+    reconnect_max_delay: float = 30.0
+    #: give up reconnecting after this many seconds (0: never)
+    reconnect_give_up: float = 0.0
+    #: how long a new connection waits for a lost SSH connection to come back
+    hold_timeout: float = 20.0
 
 
-#: called with the tunnel and a short event name ("state", "hop")
+#: called with the tunnel and a short event name ("state", "hop", "notice", "launch")
 EventCallback = Callable[["Tunnel", str], None]
+#: builds a backend from its name and hold timeout
+BackendFactory = Callable[[str, float], Backend]
+_TERMINAL = frozenset({State.FAILED, State.CLOSED})
+
+
+def forward_info(forward: Forward, bound: int) -> dict[str, Any]:
+    """A forward as shown in the tunnel's JSON."""
+    host = f"[{forward.host}]" if ":" in forward.host else forward.host
+    if forward.remote:
+        return {"type": "reverse", "listen": f"{forward.bind}:{bound}", "to": f"{host}:"
+                f"{forward.port}", "spec": str(forward)}
+    return {"type": "local", "listen": f"127.0.0.1:{bound}", "to": f"{host}:{forward.port}",
+            "spec": str(forward), "local_port": bound}
 
 
 class Tunnel:
-    """One tunnel to a remote Jupyter server through a chain of hops."""
+    """One tunnel to a remote Jupyter server (or other services) through a chain of hops.
+
+    Once ready, a supervisor thread (:mod:`.supervise`) keeps it so: it checks the remote
+    Jupyter, and reconnects on the same local ports when a hop is lost.
+    """
 
     def __init__(self, spec: TunnelSpec, chain: list[ResolvedHop], name: str, *,
                  settings: Settings | None = None, registry: Registry | None = None,
-                 owner: str = "python",
-                 backend_factory: Callable[[str], Backend] = make_backend) -> None:
+                 owner: str = "python", backend_factory: BackendFactory = make_backend) -> None:
         self.spec = spec
         self.chain = chain
         self.name = name
@@ -78,18 +102,29 @@ class Tunnel:
         self._backend: Backend | None = None
         self._callbacks: list[EventCallback] = []
         self._lock = threading.RLock()
+        self._claimed = False
+        self._done = threading.Event()
         self.state = State.CONNECTING
         #: index in ``chain`` of the hop being connected
         self.hop_index = 0
+        #: why the tunnel failed (state failed)
         self.error: TunnelError | None = None
+        #: what is wrong while degraded or reconnecting
+        self.problem: str | None = None
         self.remote: detect.RemoteServer | None = None
         self.local_port: int | None = None
+        #: extra local and reverse forwards, as shown in the JSON
+        self.forwards: list[dict[str, Any]] = []
         self.created = time.time()
         self.since = self.created
         self.reconnects = 0
-        #: things the user should know (host keys added to known_hosts)
+        #: reconnect attempt under way (0 when not reconnecting) and when the next one starts
+        self.attempt = 0
+        self.next_try: float | None = None
+        #: things the user should know (host keys added to known_hosts, a new token)
         self.notices: list[str] = []
         self.pid, self.started = procinfo.self_identity()
+        self._supervisor: Any = None
 
     # events -------------------------------------------------------------
     def on_event(self, callback: EventCallback) -> None:
@@ -103,12 +138,17 @@ class Tunnel:
             except Exception:  # a broken view must not break the tunnel
                 log.exception("tunnel event callback failed")
 
-    def _set_state(self, state: State) -> None:
+    def _set_state(self, state: State, problem: str | None = None) -> bool:
+        """Move to ``state`` (never out of failed or closed); False if that was too late."""
         with self._lock:
+            if self.state in _TERMINAL:
+                return False
             self.state = state
+            self.problem = problem
             self.since = time.time()
-        self._save()
+            self._save()
         self._emit("state")
+        return True
 
     # views --------------------------------------------------------------
     @property
@@ -123,41 +163,61 @@ class Tunnel:
         """The hop chain as the user named it, first jump host first."""
         return [hop.alias for hop in self.chain]
 
+    @property
+    def backend(self) -> Backend | None:
+        """The backend carrying the tunnel (None before the open and after a failure)."""
+        return self._backend
+
     def to_dict(self) -> dict[str, Any]:
         """The tunnel's JSON form (the same for the CLI, REST and the registry)."""
-        stats = self._backend.stats() if self._backend is not None else {}
+        backend = self._backend
+        stats = backend.stats() if backend is not None else {}
         return {
             "name": self.name,
             "state": self.state.value,
             "target": self.chain[-1].alias,
             "hops": self.hops,
             "hop_index": self.hop_index,
+            "jupyter": self.spec.jupyter,
             "local_port": self.local_port,
             "remote_port": self.remote.port if self.remote else self.spec.remote_port,
             "url": self.url,
+            "forwards": list(self.forwards),
             "owner": self.owner,
             "pid": self.pid,
             "started": self.started,
             "created": self.created,
             "since": self.since,
             "reconnects": self.reconnects,
+            "attempt": self.attempt,
+            "next_try": self.next_try,
+            "problem": self.problem,
             "error": self.error.to_dict() if self.error else None,
             "orphaned": False,
+            "children": backend.children() if backend is not None else [],
             **stats,
         }
 
     def _save(self) -> None:
-        if self.registry is not None and self.state not in (State.FAILED, State.CLOSED):
-            self.registry.write(self.to_dict())
+        if self.registry is not None and self._claimed and self.state not in _TERMINAL:
+            self.registry.save(self.to_dict(), owner_pid=self.pid)
 
     # life ---------------------------------------------------------------
+    def claim(self) -> None:
+        """Record the tunnel in the registry; without a chosen name, take the next free one
+        (``beast``, ``beast-2``…) under the registry's lock."""
+        if self.registry is None or self._claimed:
+            return
+        self.name = self.registry.claim(self.to_dict(), rename=self.spec.name is None)
+        self._claimed = True
+
     def open(self) -> None:
         """Connect, find the remote Jupyter, forward, and check it answers; or raise.
 
         On failure nothing is left behind: no connection, no listener, no record.
+        Once ready, the tunnel is kept alive until :meth:`close`.
         """
-        if self.registry is not None:
-            self.registry.claim(self.to_dict())
+        self.claim()
         try:
             self._open()
         except TunnelError as exc:
@@ -166,78 +226,111 @@ class Tunnel:
         except BaseException:
             self._fail(None)
             raise
+        from .supervise import Supervisor
+
+        self._supervisor = Supervisor(self)
+        self._supervisor.start()
 
     def _open(self) -> None:
-        s = self.settings
-        if self.spec.local_port:
-            check_port_free(self.spec.local_port)  # say so now, not after every hop
-        self._backend = backend = self._backend_factory(s.backend)
+        s, spec = self.settings, self.spec
+        wanted = [f.listen_port for f in spec.forwards if f.listen_port]
+        if spec.jupyter and spec.local_port:
+            wanted.insert(0, spec.local_port)
+        for port in wanted:
+            check_port_free(port)  # say so now, not after every hop
+        self._backend = backend = self._backend_factory(s.backend, s.hold_timeout)
         self._set_state(State.CONNECTING)
         backend.connect(self.chain, self._on_hop, s.connect_timeout, self._on_notice)
-        self._set_state(State.DETECTING)
-        self.remote = self._find_remote(backend)
-        self.local_port = backend.forward_local(
-            self.spec.local_port, self.remote.forward_host, self.remote.port)
-        detect.wait_ready(self.remote, self.local_port, self.chain[-1].alias, s.ready_timeout)
+        if spec.jupyter:
+            self._set_state(State.DETECTING)
+            self.remote = self._find_remote()
+            self.local_port = backend.forward_local(
+                spec.local_port, self.remote.forward_host, self.remote.port)
+        for forward in spec.forwards:
+            bound = backend.forward_local(forward.listen_port, forward.host, forward.port)
+            self.forwards.append(forward_info(forward, bound))
+        for forward in spec.reverse:
+            bound = backend.forward_remote(forward.listen_port, forward.host, forward.port,
+                                           forward.bind)
+            self.forwards.append(forward_info(forward, bound))
+        if self.remote is not None and self.local_port is not None:
+            detect.wait_ready(self.remote, self.local_port, self.chain[-1].alias,
+                              s.ready_timeout)
         self._set_state(State.READY)
-        backend.keepalive(s.keepalive_interval, s.keepalive_count_max, self._on_dead)
-
-    def _on_dead(self, hop: ResolvedHop, message: str, timed_out: bool) -> None:
-        log.info("tunnel %s: %s", self.name, message)
-        self._fail((HopTimeout if timed_out else HopUnreachable)(message, hop=hop.alias))
 
     def _on_notice(self, message: str) -> None:
         self.notices.append(message)
         log.info("tunnel %s: %s", self.name, message)
         self._emit("notice")
 
-    def loss_reason(self) -> str:
-        """Why a ready tunnel stopped being alive, naming the hop where it can."""
-        if self.error is not None:
-            return self.error.message
-        hop = self._backend.dead_hop() if self._backend is not None else None
-        return f"the connection to {hop.label} was closed" if hop else "the tunnel was closed"
-
     def _on_hop(self, index: int, hop: ResolvedHop) -> None:
         self.hop_index = index
         self._emit("hop")
 
-    def _find_remote(self, backend: Backend) -> detect.RemoteServer:
-        s = self.settings
+    def run_remote(self, script: str, *args: str) -> tuple[int, str, str]:
+        """Run a shell script (given on stdin, never in argv) on the target."""
+        if self._backend is None:
+            raise TunnelError("the tunnel is not connected")
+        command = " ".join([detect.REMOTE_SHELL, "--", *map(shlex.quote, args)])
+        timeout = max(30.0, self.settings.launch_timeout)
+        return self._backend.run(command, timeout=timeout, stdin=script)
 
-        def run(script: str, *args: str) -> tuple[int, str, str]:
-            command = " ".join([detect.REMOTE_SHELL, "--", *map(shlex.quote, args)])
-            return backend.run(command, timeout=max(30.0, s.launch_timeout), stdin=script)
-
-        return detect.find_server(run, self.chain[-1].alias, self.spec.remote_port,
-                                  launch=self.spec.launch, launch_timeout=s.launch_timeout,
+    def _find_remote(self) -> detect.RemoteServer:
+        return detect.find_server(self.run_remote, self.chain[-1].alias, self.spec.remote_port,
+                                  launch=self.spec.launch,
+                                  launch_timeout=self.settings.launch_timeout,
                                   on_launch=lambda: self._emit("launch"))
+
+    def loss_reason(self) -> str:
+        """Why the tunnel ended, naming the hop where it can."""
+        if self.error is not None:
+            return self.error.message
+        return "the tunnel was closed"
 
     def _fail(self, error: TunnelError | None) -> None:
         with self._lock:
+            if self.state in _TERMINAL:
+                return
             self.error = error
             self.state = State.FAILED
             self.since = time.time()
+            self.attempt, self.next_try = 0, None
         self._teardown()
         self._emit("state")
 
     def _teardown(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.stop()
         if self._backend is not None:
             with contextlib.suppress(Exception):
                 self._backend.close()
-        if self.registry is not None:
+        if self.registry is not None and self._claimed:
             with contextlib.suppress(Exception):
                 self.registry.remove(self.name, owner_pid=self.pid)
+        self._done.set()
+
+    def reconnect(self) -> None:
+        """Drop the SSH connection and build it again now (same local ports and URL)."""
+        if self.state in _TERMINAL or self._supervisor is None:
+            raise TunnelError(f"tunnel {self.name} is {self.state.value}: open it again instead")
+        self._supervisor.reconnect_now()
 
     def close(self) -> None:
         """Stop forwarding and disconnect; idempotent."""
         with self._lock:
             if self.state is State.CLOSED:
                 return
+            was_failed = self.state is State.FAILED
             self.state = State.CLOSED
             self.since = time.time()
-        self._teardown()
+            self.attempt, self.next_try = 0, None
+        if not was_failed:
+            self._teardown()
         self._emit("state")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the tunnel is closed or failed; False if ``timeout`` came first."""
+        return self._done.wait(timeout)
 
     def alive(self) -> bool:
         """Whether the connection is up (the tunnel is ready and every hop connected)."""

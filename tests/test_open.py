@@ -135,15 +135,20 @@ def test_python_api_in_process(net: Sandbox, runtime_dir: Path) -> None:
     assert manager.list() == []
 
 
-def test_lost_connection_ends_the_foreground_tunnel(cli: CLI, net: Sandbox,
-                                                    runtime_dir: Path) -> None:
-    with foreground(cli.argv("open", "beast", "--via", "unicorn")) as (proc, url):
+def test_jump_host_gone_for_good_fails_after_give_up(cli: CLI, net: Sandbox,
+                                                     runtime_dir: Path) -> None:
+    argv = cli.argv("open", "beast", "--via", "unicorn",
+                    "--TunnelManager.reconnect_give_up=3", "--TunnelManager.reconnect_max_delay=1")
+    with foreground(argv) as (proc, url):
         net.stop_sshd("unicorn")  # ends the sessions too: the jump host is gone
         try:
-            assert proc.wait(timeout=20) == 1
+            assert proc.wait(timeout=30) == 1
         finally:
             net.start_sshd("unicorn")
-        assert "closed: the connection to unicorn (" in (proc.stderr.read() if proc.stderr else "")
+        err = proc.stderr.read() if proc.stderr else ""
+    assert "Connection lost: the connection to unicorn (" in err
+    assert "Tunnel beast failed: gave up reconnecting after" in err
+    assert "unicorn (" in err.rsplit("gave up", 1)[1]
     port = urllib.parse.urlsplit(url).port
     assert port is not None and port_is_free(port)
     assert registry_files(runtime_dir) == []
@@ -154,18 +159,27 @@ def test_silent_outage_is_noticed_by_keepalives(net: Sandbox, tmp_path: Path,
     cfg = tmp_path / "cfg"
     cfg.write_text(net.ssh_config.read_text().replace(
         "Host unicorn\n", "Host unicorn\n  ServerAliveInterval 1\n  ServerAliveCountMax 2\n"))
-    with foreground(CLI(cfg).argv("open", "beast", "--via", "unicorn")) as (proc, url):
-        time.sleep(3)  # answered keepalives keep it open
-        assert proc.poll() is None and api_status(url) == 200
+    cli = CLI(cfg)
+    with foreground(cli.argv("open", "beast", "--via", "unicorn")) as (proc, url):
+        time.sleep(3)  # answered keepalives keep it up
+        assert cli.json("status", "beast")["state"] == "ready" and api_status(url) == 200
         net.pause_sessions("unicorn")  # no FIN, no RST: only keepalives can tell
         try:
             t0 = time.monotonic()
-            assert proc.wait(timeout=20) == 1
-            assert time.monotonic() - t0 < 6
+            while cli.json("status", "beast")["reconnects"] != 1:
+                assert time.monotonic() - t0 < 10, "the outage was not noticed"
+                time.sleep(0.3)
         finally:
             net.resume_sessions("unicorn")
+        record = cli.json("status", "beast")
+        assert record["state"] == "ready" and record["url"] == url
+        assert api_status(url) == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
         err = proc.stderr.read() if proc.stderr else ""
-    assert "unicorn (" in err and "stopped answering: 2 keepalive(s) sent 1 s apart" in err
+    assert "Connection lost: unicorn (" in err
+    assert "stopped answering: 2 keepalive(s) sent 1 s apart got no reply" in err
+    assert "Ready again on 127.0.0.1:" in err
     port = urllib.parse.urlsplit(url).port
     assert port is not None and port_is_free(port)
     assert registry_files(runtime_dir) == []

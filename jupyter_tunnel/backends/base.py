@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..sshconfig import ResolvedHop
 
@@ -16,15 +16,24 @@ NoticeCallback = Callable[[str], None]
 
 
 class Backend(Protocol):
-    """Connect a chain of hops, forward ports through it, run commands on its end."""
+    """Connect a chain of hops, forward ports through it, run commands on its end.
+
+    Listeners outlive the SSH connection: after a loss, ``connect`` is called again and
+    the same local ports carry on.
+    """
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
                 timeout: float = 10.0, notice: NoticeCallback | None = None) -> None:
-        """Connect every hop in order; raise a :class:`TunnelError` naming the failing hop."""
+        """Connect every hop in order (again, after a loss); raise a :class:`TunnelError`
+        naming the failing hop."""
+
+    def disconnect(self) -> None:
+        """Drop the SSH connection but keep every listener bound."""
 
     def keepalive(self, interval: int, count_max: int, on_dead: DeadCallback) -> None:
-        """Check every hop with keepalives (ServerAlive* of its config, else these values);
-        call ``on_dead(hop, message)`` once, when one stops answering."""
+        """Check every hop of the current connection with keepalives (ServerAlive* of its
+        config, else these values); call ``on_dead(hop, message, timed_out)`` once, when one
+        stops answering."""
 
     def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
             ) -> tuple[int, str, str]:
@@ -34,6 +43,17 @@ class Backend(Protocol):
         """Listen on 127.0.0.1:``local_port`` (0: any) and forward to the last hop's view
         of ``remote_host:remote_port``; return the port bound."""
 
+    def retarget(self, local_port: int, remote_host: str, remote_port: int) -> None:
+        """Send new connections of an existing local forward somewhere else."""
+
+    def forward_remote(self, remote_port: int, local_host: str, local_port: int,
+                       bind: str = "127.0.0.1") -> int:
+        """Have the last hop listen on ``bind:remote_port`` (0: any) and forward to
+        ``local_host:local_port`` here; return the remote port bound."""
+
+    def restore_remote(self) -> None:
+        """Request every remote forward again after a reconnect (same remote ports)."""
+
     def alive(self) -> bool:
         """Whether every hop's connection is up."""
 
@@ -42,6 +62,9 @@ class Backend(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Counters: bytes_in, bytes_out, connections (open now), connections_total."""
+
+    def children(self) -> list[dict[str, Any]]:
+        """Processes the backend started, as ``{pid, started, cmdline}`` (for cleanup)."""
 
     def close(self) -> None:
         """Stop listening and close every hop; idempotent."""

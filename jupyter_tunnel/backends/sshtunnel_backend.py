@@ -1,111 +1,76 @@
 """The default backend: hops chained in one process, forwards served by sshtunnel.
 
-sshtunnel's ``SSHTunnelForwarder`` is given the last hop's transport ready-made
-(host key checked, authenticated, riding the previous hop's channel), so its own
-connecting code, which accepts any host key and logs errors instead of raising
-them, never runs.  Its listener is bound to 127.0.0.1 with a backlog of 128, and
-connections are relayed by our own loop: no polling, TCP_NODELAY, half-close
-passed through.
+sshtunnel's ``SSHTunnelForwarder`` provides the listeners; it never logs in itself
+(its own connecting code accepts any host key and logs errors instead of raising
+them).  Each listener is bound to 127.0.0.1 with a backlog of 128 and outlives the
+SSH connection: after a loss, :meth:`SSHTunnelBackend.connect` builds a new chain and
+the same listeners carry on; a connection arriving meanwhile waits for it (up to
+``hold_timeout``) instead of being refused.  Connections are relayed by our own
+loop (:mod:`.relay`): no polling, TCP_NODELAY, half-close passed through.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import selectors
 import socket
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import paramiko
 import sshtunnel
 
-from ..errors import HopUnreachable, PortInUse, TunnelError
+from ..errors import HopUnreachable, PortInUse, RemotePortRefused, TunnelError
 from ..sshconfig import ResolvedHop
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
+from .relay import Counters, relay
 
 log = logging.getLogger("jupyter_tunnel")
-_CHUNK = 65536
 
 
-class Counters:
-    """Traffic counters shared by the handler threads of one backend."""
+@dataclass
+class _Route:
+    """Where a local listener's connections go, as the last hop sees it (may change)."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.connections = 0
-        self.connections_total = 0
-
-    def snapshot(self) -> dict[str, int]:
-        with self.lock:
-            return {
-                "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out,
-                "connections": self.connections,
-                "connections_total": self.connections_total,
-            }
+    host: str
+    port: int
 
 
-def relay(sock: socket.socket, chan: Any, counters: Counters) -> None:
-    """Copy both ways until both sides are done; EOF on one side is passed on as a half-close."""
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ, "local")
-    sel.register(chan, selectors.EVENT_READ, "remote")
-    open_sides = 2
-    try:
-        while open_sides:
-            for key, _ in sel.select():
-                if key.data == "local":
-                    data = sock.recv(_CHUNK)
-                    if data:
-                        chan.sendall(data)
-                        with counters.lock:
-                            counters.bytes_out += len(data)
-                    else:
-                        sel.unregister(sock)
-                        open_sides -= 1
-                        chan.shutdown_write()
-                else:
-                    data = chan.recv(_CHUNK)
-                    if data:
-                        sock.sendall(data)
-                        with counters.lock:
-                            counters.bytes_in += len(data)
-                    else:
-                        sel.unregister(chan)
-                        open_sides -= 1
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_WR)
-    finally:
-        sel.close()
+@dataclass
+class _Reverse:
+    """A remote forward: the target listens on ``bind:port``; we connect to ``host:to_port``."""
+
+    bind: str
+    port: int  # as bound (the server's choice when 0 was asked for)
+    host: str
+    to_port: int
 
 
 class _Handler(sshtunnel._ForwardHandler):  # type: ignore[misc]
-    counters: Counters
+    backend: SSHTunnelBackend
+    route: _Route
 
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        counters = self.backend.counters
         try:
-            chan = self.ssh_transport.open_channel(
-                "direct-tcpip", self.remote_address, sock.getpeername(), timeout=10)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            log.debug("forward to %s refused: %s", self.remote_address, exc)
+            chan = self.backend.open_channel((self.route.host, self.route.port),
+                                             sock.getpeername())
+        except (TunnelError, paramiko.SSHException, EOFError, OSError) as exc:
+            log.debug("forward to %s:%s refused: %s", self.route.host, self.route.port, exc)
             sock.close()
             return
-        with self.counters.lock:
-            self.counters.connections += 1
-            self.counters.connections_total += 1
+        counters.opened()
         try:
-            relay(sock, chan, self.counters)
+            relay(sock, chan, counters)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            log.debug("connection through %s ended: %s", self.remote_address, exc)
+            log.debug("connection to %s:%s ended: %s", self.route.host, self.route.port, exc)
         finally:
-            with self.counters.lock:
-                self.counters.connections -= 1
+            counters.ended()
             chan.close()
             sock.close()
 
@@ -123,7 +88,8 @@ class _Server(sshtunnel._ThreadingForwardServer):  # type: ignore[misc]
 
 
 class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
-    counters: Counters
+    backend: SSHTunnelBackend
+    route: _Route
 
     def _connect_to_gateway(self) -> None:
         # sshtunnel would log in on its own, straight to the host and with no host key
@@ -134,14 +100,12 @@ class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
         raise HopUnreachable("the SSH connection was lost while the forward was being set up")
 
     def _make_ssh_forward_handler_class(self, remote_address_: tuple[str, int]) -> type:
-        counters = self.counters
-
         class Handler(_Handler):
             remote_address = remote_address_
-            ssh_transport = self._transport
             logger = self.logger
 
-        Handler.counters = counters
+        Handler.backend = self.backend
+        Handler.route = self.route
         return Handler
 
     def _make_ssh_forward_server_class(self, remote_address_: tuple[str, int]) -> type:
@@ -149,34 +113,90 @@ class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
 
 
 class SSHTunnelBackend:
-    """Hops in one process (:class:`HopChain`) and sshtunnel forwarders on the last one."""
+    """Hops in one process (:class:`HopChain`) and sshtunnel listeners that outlive them."""
 
-    def __init__(self) -> None:
-        self.chain = HopChain()
+    def __init__(self, hold_timeout: float = 20.0) -> None:
+        #: seconds a new connection waits for a lost SSH connection to come back
+        self.hold_timeout = hold_timeout
         self.counters = Counters()
+        self.chain: HopChain | None = None
+        self._connecting: HopChain | None = None
+        self._cond = threading.Condition()
+        self._closed = False
         self._forwarders: list[_Forwarder] = []
-        self._lock = threading.Lock()
+        self._routes: dict[int, _Route] = {}
+        self._reverse: dict[int, _Reverse] = {}
 
+    # the SSH connection -------------------------------------------------------
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
                 timeout: float = 10.0, notice: NoticeCallback | None = None) -> None:
-        """Connect every hop; see :meth:`HopChain.connect`."""
-        self.chain.connect(chain, progress, timeout, notice)
+        """Connect every hop (again, after a loss: the old chain is dropped first); the
+        listeners stay bound throughout."""
+        attempt = HopChain()
+        with self._cond:
+            if self._closed:
+                raise HopUnreachable("the tunnel was closed")
+            old, self.chain, self._connecting = self.chain, None, attempt
+        if old is not None:
+            old.close()
+        try:
+            attempt.connect(chain, progress, timeout, notice)
+        finally:
+            with self._cond:
+                self._connecting = None
+        with self._cond:
+            if self._closed:
+                attempt.close()
+                raise HopUnreachable("the tunnel was closed while connecting")
+            self.chain = attempt
+            self._cond.notify_all()
+
+    def disconnect(self) -> None:
+        """Drop the hops' connections; listeners stay and new connections wait."""
+        with self._cond:
+            old, self.chain = self.chain, None
+        if old is not None:
+            old.close()
+
+    def _live_chain(self) -> HopChain:
+        chain = self.chain
+        if chain is None or not chain.alive():
+            raise HopUnreachable("the SSH connection is down")
+        return chain
 
     def keepalive(self, interval: int, count_max: int, on_dead: DeadCallback) -> None:
         """Watch every hop with keepalives; see :meth:`HopChain.start_keepalive`."""
-        self.chain.start_keepalive(interval, count_max, on_dead)
+        self._live_chain().start_keepalive(interval, count_max, on_dead)
 
     def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
             ) -> tuple[int, str, str]:
         """Run a command on the last hop."""
-        return self.chain.exec(command, timeout, stdin)
+        return self._live_chain().exec(command, timeout, stdin)
 
+    def open_channel(self, address: tuple[str, int], origin: tuple[str, int]) -> Any:
+        """A ``direct-tcpip`` channel from the last hop to ``address``; while the connection
+        is down, wait up to ``hold_timeout`` for it to come back."""
+        deadline = time.monotonic() + self.hold_timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise HopUnreachable("the tunnel is closed")
+                chain = self.chain
+                if chain is not None and chain.alive():
+                    transport = chain.transports[-1]
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HopUnreachable(f"the SSH connection did not come back within "
+                                         f"{self.hold_timeout:g} s")
+                self._cond.wait(min(remaining, 0.5))  # also re-checks a chain that died
+        return transport.open_channel("direct-tcpip", address, origin, timeout=10)
+
+    # forwards -----------------------------------------------------------------
     def forward_local(self, local_port: int, remote_host: str, remote_port: int) -> int:
         """Forward 127.0.0.1:local_port to remote_host:remote_port as the last hop sees it."""
-        if not self.chain.alive():
-            raise HopUnreachable("the SSH connection is down; cannot add a forward")
-        transport = self.chain.transports[-1]
-        hop = self.chain.hops[-1]
+        chain = self._live_chain()
+        hop = chain.hops[-1]
         logger = logging.getLogger("jupyter_tunnel.sshtunnel")
         logger.addHandler(logging.NullHandler())
         logger.propagate = False
@@ -193,8 +213,9 @@ class SSHTunnelBackend:
             logger=logger,
             set_keepalive=0,
         )
-        fwd.counters = self.counters
-        fwd._transport = transport  # already connected: sshtunnel skips its own login
+        fwd.backend = self
+        fwd.route = route = _Route(remote_host, remote_port)
+        fwd._transport = chain.transports[-1]  # connected already: sshtunnel skips its login
         try:
             fwd.start()
         except TunnelError:
@@ -204,33 +225,116 @@ class SSHTunnelBackend:
             _detach(fwd)
             raise TunnelError(f"cannot start the forward to {remote_host}:{remote_port} on "
                               f"{hop.label}: {exc}", hop=hop.alias) from None
-        with self._lock:
-            self._forwarders.append(fwd)
         port: int = fwd.local_bind_port
+        fwd.__dict__.pop("_transport", None)  # the handlers ask open_channel() instead
+        with self._cond:
+            self._forwarders.append(fwd)
+            self._routes[port] = route
         return port
 
+    def retarget(self, local_port: int, remote_host: str, remote_port: int) -> None:
+        """Send new connections of the listener on ``local_port`` to another address."""
+        route = self._routes[local_port]
+        route.host, route.port = remote_host, remote_port
+
+    def forward_remote(self, remote_port: int, local_host: str, local_port: int,
+                       bind: str = "127.0.0.1") -> int:
+        """Have the last hop listen on ``bind:remote_port`` and send its connections to
+        ``local_host:local_port`` as this machine sees it; return the port it bound."""
+        reverse = _Reverse(bind, remote_port, local_host, local_port)
+        reverse.port = self._request_remote(self._live_chain(), reverse)
+        with self._cond:
+            self._reverse[reverse.port] = reverse
+        return reverse.port
+
+    def restore_remote(self) -> None:
+        """Ask the (new) last hop for every remote forward again, on the same ports."""
+        chain = self._live_chain()
+        with self._cond:
+            wanted = list(self._reverse.values())
+        for reverse in wanted:
+            self._request_remote(chain, reverse)
+
+    def _request_remote(self, chain: HopChain, reverse: _Reverse) -> int:
+        hop = chain.hops[-1]
+        try:
+            port: int = chain.transports[-1].request_port_forward(
+                reverse.bind, reverse.port, handler=self._accept_remote)
+        except paramiko.SSHException as exc:
+            if not chain.alive():
+                raise HopUnreachable(f"lost {hop.label} while asking it to listen on port "
+                                     f"{reverse.port}: {exc}", hop=hop.alias) from None
+            where = f"{reverse.bind}:{reverse.port}" if reverse.port else reverse.bind
+            raise RemotePortRefused(
+                f"{hop.label} refused to listen on {where} for --reverse: the port is taken "
+                f"there, or its sshd does not allow remote forwarding (AllowTcpForwarding, "
+                f"PermitListen). Choose another remote port, or free this one on {hop.alias}",
+                hop=hop.alias) from None
+        return port
+
+    def _accept_remote(self, chan: Any, origin: tuple[str, int],
+                       server: tuple[str, int]) -> None:
+        reverse = self._reverse.get(server[1])
+        if reverse is None:
+            chan.close()
+            return
+        threading.Thread(target=self._serve_remote, args=(chan, reverse), daemon=True,
+                         name="jupyter_tunnel-reverse").start()
+
+    def _serve_remote(self, chan: Any, reverse: _Reverse) -> None:
+        try:
+            sock = socket.create_connection((reverse.host, reverse.to_port), timeout=10)
+        except OSError as exc:
+            log.debug("reverse forward to %s:%s failed: %s", reverse.host, reverse.to_port, exc)
+            chan.close()
+            return
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.counters.opened()
+        try:
+            relay(sock, chan, self.counters, inbound=False)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            log.debug("reverse connection to %s:%s ended: %s", reverse.host, reverse.to_port, exc)
+        finally:
+            self.counters.ended()
+            chan.close()
+            sock.close()
+
+    # state --------------------------------------------------------------------
     def alive(self) -> bool:
         """Whether every hop is connected."""
-        return self.chain.alive()
+        chain = self.chain
+        return chain is not None and chain.alive()
 
     def dead_hop(self) -> ResolvedHop | None:
         """The first hop whose connection is down."""
-        return self.chain.dead_hop()
+        chain = self.chain
+        return chain.dead_hop() if chain is not None else None
 
     def stats(self) -> dict[str, int]:
         """Traffic counters."""
         return self.counters.snapshot()
 
+    def children(self) -> list[dict[str, Any]]:
+        """Processes this backend started (none: everything runs in this process)."""
+        return []
+
     def close(self) -> None:
-        """Stop the listeners, then close the hops last first."""
-        with self._lock:
+        """Stop the listeners, then close the hops last first; idempotent."""
+        with self._cond:
+            self._closed = True
             forwarders, self._forwarders = self._forwarders, []
+            chains = [self.chain, self._connecting]
+            self.chain = None
+            self._cond.notify_all()
         for fwd in forwarders:
             for srv in fwd._server_list:
                 with contextlib.suppress(Exception):
                     srv.shutdown()
             _detach(fwd)
-        self.chain.close()
+        for chain in chains:
+            if chain is not None:
+                chain.close()
 
 
 def _detach(fwd: _Forwarder) -> None:
