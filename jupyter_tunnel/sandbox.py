@@ -355,6 +355,11 @@ class Sandbox:
         popen_kwargs.setdefault("check", False)
         return subprocess.run([*self._ns_argv(name), *argv], **popen_kwargs)
 
+    def popen_in(self, name: str, argv: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start argv on host name (in its namespace) and return at once."""
+        popen_kwargs.setdefault("env", self.env_for(name))
+        return subprocess.Popen([*self._ns_argv(name), *argv], **popen_kwargs)
+
     def ssh_argv(self, alias: str, *command: str) -> list[str]:
         """An ``ssh`` command line for alias (unicorn, beast-via-unicorn...) with our config."""
         return ["ssh", "-F", str(self.ssh_config), alias, *command]

@@ -287,7 +287,8 @@ def test_local_port_taken(cli: CLI, runtime_dir: Path) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         result = cli.run("open", "beast", "--via", "unicorn", "--local-port", str(port))
-        failed(result, f"local port {port} is already in use")
+        failed(result, f"local port {port} is already in use on 127.0.0.1 (held by pid "
+                       f"{os.getpid()} (")
     assert_left_nothing(runtime_dir, port)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from jupyter_tunnel.errors import SpecError
@@ -90,3 +92,45 @@ def test_build_spec_combines_phrase_and_via() -> None:
 def test_bad_names(name: str) -> None:
     with pytest.raises(SpecError, match="invalid tunnel name"):
         build_spec("beast", name=name)
+
+
+@pytest.mark.parametrize(("text", "remote", "shown"), [
+    ("6006:localhost:6006", False, "6006:localhost:6006"),
+    ("localhost:6006:127.0.0.1:6006", False, "6006:127.0.0.1:6006"),
+    ("0:[::1]:8888", False, "0:[::1]:8888"),
+    ("1313:localhost:8000", True, "1313:localhost:8000"),
+    ("0.0.0.0:1313:localhost:8000", True, "0.0.0.0:1313:localhost:8000"),
+])
+def test_parse_forward(text: str, remote: bool, shown: str) -> None:
+    from jupyter_tunnel.spec import parse_forward
+
+    forward = parse_forward(text, remote=remote)
+    assert str(forward) == shown and forward.remote is remote
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("6006", "expected PORT:HOST:HOSTPORT"),
+    ("1:2:3:4:5", "expected PORT:HOST:HOSTPORT"),
+    ("10.0.0.1:80:h:80", "listen on 127.0.0.1 only"),
+    ("80:-oProxyCommand=x:80", "cannot start with '-'"),
+    ("80:a;b:80", "invalid host name"),
+    ("99999:h:80", "from 0 to 65535"),
+    ("80:h:", "destination port"),
+])
+def test_parse_forward_refuses(text: str, words: str) -> None:
+    from jupyter_tunnel.spec import parse_forward
+
+    with pytest.raises(SpecError, match=re.escape(words)):
+        parse_forward(text)
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    import random
+
+    from jupyter_tunnel.supervise import backoff
+
+    rng = random.Random(1)
+    for attempt, low, high in [(1, 0.5, 1.0), (2, 1.0, 2.0), (3, 2.0, 4.0), (20, 15.0, 30.0)]:
+        waits = [backoff(attempt, 30.0, rng) for _ in range(200)]
+        assert low <= min(waits) and max(waits) <= high
+        assert max(waits) - min(waits) > (high - low) / 2  # jittered, not in lockstep
