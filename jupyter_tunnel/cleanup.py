@@ -69,9 +69,11 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
                 left.append({"tunnel": name, "pid": pid, "command": command,
                              "why": f"pid {pid} now belongs to another process; not signalled"})
         if registry.remove_orphan(name):
+            why = f"its {record.get('owner')} process (pid {record.get('pid')}) is gone"
+            if record.get("state") == "failed":
+                why += f"; it had failed: {(record.get('error') or {}).get('error')}"
             removed.append({"name": name, "pid": record.get("pid"), "owner": record.get("owner"),
-                            "why": f"its {record.get('owner')} process (pid {record.get('pid')}) "
-                                   "is gone"})
+                            "why": why})
         for port in _record_ports(record):
             for holder in ports.holders(port):
                 left.append({"tunnel": name, "port": port, "pid": holder.pid,

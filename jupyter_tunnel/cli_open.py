@@ -159,7 +159,8 @@ jupyter tunnel open beast via unicorn --detach --json
         else:
             self.say("Press Ctrl-C to close the tunnel.")
         failed = _wait(tunnel)
-        tunnel.close()
+        if not (failed and self.detached_child):  # no one reads a detached process's stderr:
+            tunnel.close()                        # its record keeps saying why it failed
         if failed:
             self.say(f"Tunnel {tunnel.name} failed: {tunnel.loss_reason()}")
             self.quit(1)

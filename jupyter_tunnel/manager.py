@@ -187,7 +187,7 @@ class TunnelManager(LoggingConfigurable):
         for record in self.registry.all():
             if record["name"] in mine:
                 continue
-            if record["orphaned"]:
+            if record["orphaned"] and record.get("state") != "failed":
                 record["state"] = "orphaned"
             records.append(record)
         return sorted([*mine.values(), *records], key=lambda r: r["name"])
@@ -212,6 +212,9 @@ class TunnelManager(LoggingConfigurable):
         if record is None:
             raise TunnelNotFound(f"no tunnel named {name!r}; 'jupyter tunnel list' shows them all")
         pid, started = int(record.get("pid", 0)), record.get("started")
+        if record.get("state") == "failed":  # only a note of why it failed: nothing runs
+            self.registry.remove(name, owner_pid=pid)
+            return record
         if not procinfo.is_alive(pid, started):
             cleanup(self.registry, only=name)  # an orphan: remove it and what it left running
             record["state"] = "closed"

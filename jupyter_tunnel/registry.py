@@ -125,8 +125,10 @@ class Registry:
             return name
 
     def _held(self, name: str) -> bool:
+        """Whether a live tunnel holds the name (a record kept to say why one failed does not)."""
         old = self.read(name)
-        return old is not None and procinfo.is_alive(old.get("pid", 0), old.get("started"))
+        return old is not None and old.get("state") != "failed" and \
+            procinfo.is_alive(old.get("pid", 0), old.get("started"))
 
     def unique_name(self, base: str) -> str:
         """``base``, or ``base-2``, ``base-3``… whichever no live tunnel holds."""

@@ -7,11 +7,14 @@ One daemon thread per tunnel.  It sleeps until a backend's keepalive reports a l
   port and URL stay), with capped exponential backoff and jitter between attempts.
   Errors that waiting cannot fix (a refused key, a changed host key, forwarding
   forbidden) end it at once in state ``failed``: no retry storm against a server that
-  penalises them.  While the first hop cannot be reached, a cheap TCP probe each second
-  notices its return, so the tunnel is back within about a second of the network.
+  penalises them.  While the first hop does not even accept TCP, a cheap probe each
+  second notices its return, so the tunnel is back within about a second of the network.
 - the remote Jupyter not answering while SSH is up: state ``degraded``; its runtime
   files are read again, so a server restarted with a new token (or port) is found and
   the tunnel becomes ``ready`` with the new URL.
+- a reverse forward refused after a reconnect (the server still holds the port for the
+  lost connection until it notices the loss): state ``degraded``, the new connection is
+  kept, and only the forward is asked for again.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ log = logging.getLogger("jupyter_tunnel")
 FIRST_DELAY = 1.0
 #: how often counters are written to the registry while nothing else happens
 SAVE_EVERY = 5.0
+#: limit for a remote command of a health check (a hung NFS home must not stall it)
+CHECK_TIMEOUT = 10.0
 
 
 def backoff(attempt: int, cap: float, rng: random.Random | None = None) -> float:
@@ -60,13 +65,6 @@ def reachable(hop: ResolvedHop, timeout: float) -> bool:
         return False
 
 
-def retry_can_help(error: TunnelError) -> bool:
-    """Whether another reconnect attempt may succeed where this one failed."""
-    # a remote port refused again after a reconnect is most often still held by the
-    # server's side of the lost connection: it frees it once it notices the loss
-    return error.retryable or isinstance(error, RemotePortRefused)
-
-
 class Supervisor:
     """The thread that keeps one tunnel alive."""
 
@@ -77,6 +75,8 @@ class Supervisor:
         self._lost: TunnelError | None = None
         self._force = False
         self._generation = 0
+        #: a reverse forward the server refused after a reconnect, asked for again
+        self._reverse_refused: TunnelError | None = None
         self._last_check = time.monotonic()
         self._last_saved: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -88,9 +88,14 @@ class Supervisor:
         self._thread.start()
 
     def stop(self) -> None:
-        """Let the thread end (it does at its next step)."""
+        """Tell the thread to end (at its next step)."""
         self._stop.set()
         self._wake.set()
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait for the thread to end (unless called from it)."""
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def reconnect_now(self) -> None:
         """Rebuild the connection at once, as after a loss."""
@@ -99,7 +104,8 @@ class Supervisor:
 
     # watching -----------------------------------------------------------------
     def _watch(self) -> None:
-        """Keepalives on every hop of the current connection; a loss wakes the thread."""
+        """Keepalives on every hop of the current connection; a loss wakes the thread.
+        Raises :class:`HopUnreachable` if the connection is already gone."""
         self._generation += 1
         generation = self._generation
         s, backend = self.tunnel.settings, self.tunnel.backend
@@ -131,20 +137,20 @@ class Supervisor:
                 lost, self._lost = self._lost, None
                 backend = tunnel.backend
                 if lost is not None or self._force or backend is None or not backend.alive():
-                    if lost is None:
+                    if lost is None and self._force:
+                        lost = HopUnreachable("reconnecting as asked")
+                    elif lost is None:
                         hop = backend.dead_hop() if backend is not None else None
                         lost = HopUnreachable(
-                            "reconnect asked for" if self._force else
                             f"the connection to {hop.label if hop else 'a hop'} was closed",
                             hop=hop.alias if hop else None)
                     self._force = False
                     self._reconnect(lost)
                     continue
-                if self._health_due():
-                    try:
-                        self._check_jupyter()
-                    except TunnelError as exc:  # SSH went down meanwhile: handled next round
-                        log.debug("tunnel %s: health check cut short: %s", tunnel.name, exc)
+                if self._reverse_refused is not None:
+                    self._retry_reverse()
+                elif self._health_due():
+                    self._check_jupyter()
                 self._save_counters()
         except Exception as exc:  # never die silently: the tunnel would look alive
             log.exception("tunnel %s: supervisor failed", tunnel.name)
@@ -173,6 +179,18 @@ class Supervisor:
             with tunnel._lock:
                 tunnel._save()
 
+    def _settle(self, problem: str | None) -> None:
+        """Ready, or degraded with ``problem`` (a refused reverse forward counts too)."""
+        if problem is None and self._reverse_refused is not None:
+            problem = self._reverse_refused.message
+        tunnel = self.tunnel
+        if problem is None:
+            if tunnel.state is not State.READY:
+                tunnel._set_state(State.READY)
+        elif tunnel.state is not State.DEGRADED or tunnel.problem != problem:
+            log.info("tunnel %s degraded: %s", tunnel.name, problem)
+            tunnel._set_state(State.DEGRADED, problem)
+
     # the remote Jupyter -------------------------------------------------------
     def _check_jupyter(self) -> None:
         """api/status through the tunnel; when it fails with SSH up, look for the server
@@ -182,33 +200,41 @@ class Supervisor:
             return
         timeout = min(5.0, max(2.0, tunnel.settings.health_interval))
         if detect.status_once(tunnel.remote, tunnel.local_port, timeout) == 200:
-            if tunnel.state is State.DEGRADED:
-                tunnel._set_state(State.READY)
+            self._settle(None)
             return
         backend = tunnel.backend
         if backend is None or not backend.alive():
-            return  # the keepalives will report the lost hop
-        problem = self._refresh_jupyter()
-        if problem is None:
-            tunnel._set_state(State.READY)
-        elif tunnel.state is not State.DEGRADED or tunnel.problem != problem:
-            log.info("tunnel %s degraded: %s", tunnel.name, problem)
-            tunnel._set_state(State.DEGRADED, problem)
+            return  # the keepalives report the lost hop
+        try:
+            problem = self._refresh_jupyter()
+        except TunnelError as exc:
+            if not backend.alive():
+                return
+            problem = f"the Jupyter server on {tunnel.chain[-1].alias} cannot be checked: " \
+                      f"{exc.message}"
+        self._settle(problem)
 
     def _refresh_jupyter(self) -> str | None:
         """Find the remote server again and point the forward at it; None if it answers,
-        else what is wrong.  Raises :class:`HopUnreachable` if SSH went down meanwhile."""
+        else what is wrong.  Raises a :class:`TunnelError` if the remote command fails."""
         tunnel = self.tunnel
         host = tunnel.chain[-1].alias
         old = tunnel.remote
         assert old is not None and tunnel.local_port is not None and tunnel.backend is not None
+
+        def run(script: str, *args: str) -> tuple[int, str, str]:
+            return tunnel.run_remote(script, *args, timeout=CHECK_TIMEOUT)
+
+        servers = detect.discover(run, host)
+        same_port = any(x.alive and x.port == old.port for x in servers)
         try:
-            servers = detect.discover(tunnel.run_remote, host)
-            same_port = any(x.alive and x.port == old.port for x in servers)
             fresh = detect.choose(servers, host, tunnel.spec.remote_port
                                   or (old.port if same_port else None))
-        except RemoteJupyterNotFound as exc:
-            return f"{exc.message}; the tunnel waits for it"
+        except RemoteJupyterNotFound:
+            every = min(tunnel.settings.health_interval, 2.0)
+            then = f"the tunnel picks it up within {every:g} s" if every else \
+                "reconnect the tunnel to pick it up"
+            return f"no Jupyter server runs on {host} any more: start it again there and {then}"
         if fresh != old:
             tunnel.backend.retarget(tunnel.local_port, fresh.forward_host, fresh.port)
             tunnel.remote = fresh
@@ -217,8 +243,32 @@ class Supervisor:
         except RemoteJupyterNotReady as exc:
             return exc.message
         if fresh.token != old.token or fresh.port != old.port:
-            tunnel._on_notice(f"the Jupyter server on {host} restarted; new URL: {tunnel.url}")
+            url = detect.local_url(fresh, tunnel.local_port, with_token=False)
+            tunnel._on_notice(f"the Jupyter server on {host} restarted: the tunnel now reaches "
+                              f"it at {url} with its new token (jupyter tunnel status "
+                              f"{tunnel.name} shows the full URL)")
         return None
+
+    # reverse forwards ---------------------------------------------------------
+    def _restore_reverse(self) -> None:
+        backend = self.tunnel.backend
+        assert backend is not None
+        try:
+            backend.restore_remote()
+        except RemotePortRefused as exc:
+            # most often the server still holds the port for the lost connection
+            self._reverse_refused = TunnelError(
+                f"{exc.message.split(' for --reverse', 1)[0]} again after the reconnect: the "
+                "server may still hold it for the lost connection; retrying", hop=exc.hop)
+        else:
+            self._reverse_refused = None
+
+    def _retry_reverse(self) -> None:
+        try:
+            self._restore_reverse()
+        except TunnelError:
+            return  # SSH went down: the next round reconnects
+        self._settle(None)
 
     # reconnecting -------------------------------------------------------------
     def _reconnect(self, loss: TunnelError) -> None:
@@ -236,19 +286,33 @@ class Supervisor:
             tunnel.next_try = None
             if not tunnel._set_state(State.RECONNECTING, error.message):
                 return
+            first = tunnel.chain[0]
+            tcp_down = False
             try:
-                first = tunnel.chain[0]
                 if not reachable(first, min(2.0, first.connect_timeout or s.connect_timeout)):
+                    tcp_down = True
                     raise HopUnreachable(f"cannot reach {first.label}", hop=first.alias)
                 backend.connect(tunnel.chain, tunnel._on_hop, s.connect_timeout,
                                 tunnel._on_notice)
-                backend.restore_remote()
-                problem = self._refresh_jupyter() if tunnel.remote is not None else None
+                self._watch()
+                self._restore_reverse()
+                problem = None
+                if tunnel.remote is not None:
+                    try:
+                        problem = self._refresh_jupyter()
+                    except TunnelError as exc:
+                        if not backend.alive():
+                            raise
+                        problem = f"the Jupyter server on {tunnel.chain[-1].alias} cannot be " \
+                                  f"checked: {exc.message}"
+                if not backend.alive():
+                    raise HopUnreachable("the connection was lost again at once")
             except TunnelError as exc:
+                self._generation += 1
                 backend.disconnect()
                 if self._stopped():
                     return
-                if not retry_can_help(exc):
+                if not exc.retryable:
                     log.info("tunnel %s: %s; not retrying", tunnel.name, exc.message)
                     tunnel._fail(exc)
                     return
@@ -259,25 +323,24 @@ class Supervisor:
                         f": {exc.message}", hop=exc.hop))
                     return
                 error = exc
-                self._wait_to_retry(exc)
+                self._wait_to_retry(exc, probe=tcp_down)
                 continue
             tunnel.reconnects += 1
             tunnel.attempt, tunnel.next_try = 0, None
-            self._watch()
+            self._force, self._lost = False, None  # asked for during this reconnect: done
             self._last_check = time.monotonic()
             log.info("tunnel %s: reconnected after %.1f s", tunnel.name, time.monotonic() - began)
-            tunnel._set_state(State.READY if problem is None else State.DEGRADED, problem)
+            self._settle(problem)
             return
 
-    def _wait_to_retry(self, error: TunnelError) -> None:
-        """Sleep out the backoff; wake early when the first hop answers again (if that was
-        what failed), or when asked to stop or to reconnect now."""
+    def _wait_to_retry(self, error: TunnelError, *, probe: bool) -> None:
+        """Sleep out the backoff; wake early when the first hop accepts TCP again (if that
+        was what failed), or when asked to stop or to reconnect now."""
         tunnel = self.tunnel
         delay = backoff(tunnel.attempt, tunnel.settings.reconnect_max_delay)
         tunnel.next_try = time.time() + delay
         tunnel._set_state(State.RECONNECTING, error.message)
         first = tunnel.chain[0]
-        probe = error.hop == first.alias and isinstance(error, HopUnreachable)
         end = time.monotonic() + delay
         while not self._stopped():
             left = end - time.monotonic()

@@ -67,8 +67,9 @@ class Settings:
 
 #: called with the tunnel and a short event name ("state", "hop", "notice", "launch")
 EventCallback = Callable[["Tunnel", str], None]
-#: builds a backend from its name and hold timeout
-BackendFactory = Callable[[str, float], Backend]
+#: builds a backend from its name and hold timeout (keyword arguments: keepalive_interval,
+#: keepalive_count_max)
+BackendFactory = Callable[..., Backend]
 _TERMINAL = frozenset({State.FAILED, State.CLOSED})
 
 
@@ -200,7 +201,10 @@ class Tunnel:
 
     def _save(self) -> None:
         if self.registry is not None and self._claimed and self.state not in _TERMINAL:
-            self.registry.save(self.to_dict(), owner_pid=self.pid)
+            try:
+                self.registry.save(self.to_dict(), owner_pid=self.pid)
+            except (OSError, TunnelError) as exc:  # a full disk must not end a working tunnel
+                log.warning("tunnel %s: cannot update the registry: %s", self.name, exc)
 
     # life ---------------------------------------------------------------
     def claim(self) -> None:
@@ -217,19 +221,20 @@ class Tunnel:
         On failure nothing is left behind: no connection, no listener, no record.
         Once ready, the tunnel is kept alive until :meth:`close`.
         """
+        from .supervise import Supervisor
+
         self.claim()
         try:
             self._open()
+            supervisor = Supervisor(self)
+            supervisor.start()
+            self._supervisor = supervisor
         except TunnelError as exc:
             self._fail(exc)
             raise
         except BaseException:
             self._fail(None)
             raise
-        from .supervise import Supervisor
-
-        self._supervisor = Supervisor(self)
-        self._supervisor.start()
 
     def _open(self) -> None:
         s, spec = self.settings, self.spec
@@ -267,13 +272,14 @@ class Tunnel:
         self.hop_index = index
         self._emit("hop")
 
-    def run_remote(self, script: str, *args: str) -> tuple[int, str, str]:
+    def run_remote(self, script: str, *args: str, timeout: float | None = None
+                   ) -> tuple[int, str, str]:
         """Run a shell script (given on stdin, never in argv) on the target."""
         if self._backend is None:
             raise TunnelError("the tunnel is not connected")
         command = " ".join([detect.REMOTE_SHELL, "--", *map(shlex.quote, args)])
-        timeout = max(30.0, self.settings.launch_timeout)
-        return self._backend.run(command, timeout=timeout, stdin=script)
+        limit = timeout if timeout is not None else max(30.0, self.settings.launch_timeout)
+        return self._backend.run(command, timeout=limit, stdin=script)
 
     def _find_remote(self) -> detect.RemoteServer:
         return detect.find_server(self.run_remote, self.chain[-1].alias, self.spec.remote_port,
@@ -295,18 +301,30 @@ class Tunnel:
             self.state = State.FAILED
             self.since = time.time()
             self.attempt, self.next_try = 0, None
-        self._teardown()
+        # a tunnel that was up keeps a record of why it failed (until close or cleanup);
+        # a failed open reports its error to whoever opened it and leaves nothing
+        self._teardown(keep_record=self.supervised and error is not None)
         self._emit("state")
 
-    def _teardown(self) -> None:
+    @property
+    def supervised(self) -> bool:
+        """Whether the tunnel got as far as ready (and was then kept alive)."""
+        return self._supervisor is not None
+
+    def _teardown(self, keep_record: bool = False) -> None:
         if self._supervisor is not None:
             self._supervisor.stop()
-        if self._backend is not None:
+        if self._backend is not None:  # also cuts a reconnect under way
             with contextlib.suppress(Exception):
                 self._backend.close()
+        if self._supervisor is not None:
+            self._supervisor.join()
         if self.registry is not None and self._claimed:
             with contextlib.suppress(Exception):
-                self.registry.remove(self.name, owner_pid=self.pid)
+                if keep_record:
+                    self.registry.save(self.to_dict(), owner_pid=self.pid)
+                else:
+                    self.registry.remove(self.name, owner_pid=self.pid)
         self._done.set()
 
     def reconnect(self) -> None:
@@ -320,12 +338,10 @@ class Tunnel:
         with self._lock:
             if self.state is State.CLOSED:
                 return
-            was_failed = self.state is State.FAILED
             self.state = State.CLOSED
             self.since = time.time()
             self.attempt, self.next_try = 0, None
-        if not was_failed:
-            self._teardown()
+        self._teardown()  # again after a failure: removes the record kept to say why
         self._emit("state")
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -108,6 +108,8 @@ class HopChain:
         self.transports: list[paramiko.Transport] = []
         self.hops: list[ResolvedHop] = []
         self._closed = False
+        #: the socket or channel of a handshake under way (close() cuts it)
+        self._pending: Any = None
         self._agent: Any = None
         self._notice: NoticeCallback | None = None
         #: per transport: when a packet last arrived from the server
@@ -125,7 +127,11 @@ class HopChain:
                 if progress:
                     progress(index, hop)
                 sock = self._open_socket(hop, timeout)
+                self._pending = sock
+                if self._closed:
+                    raise HopUnreachable("the tunnel was closed while connecting")
                 transport = self._handshake(hop, sock, timeout)
+                self._pending = None
                 self.last_read.append(time.monotonic())
                 self._watch_reads(transport, len(self.last_read) - 1)
                 self.transports.append(transport)
@@ -194,7 +200,12 @@ class HopChain:
     def start_keepalive(self, interval: int, count_max: int,
                         on_dead: DeadCallback) -> None:
         """Send keepalives that want a reply on every hop (ServerAliveInterval, or ``interval``)
-        and call ``on_dead`` once a hop has left ``count_max`` of them unanswered."""
+        and call ``on_dead`` once a hop has left ``count_max`` of them unanswered.
+
+        Sending and watching are separate threads: a send can block for as long as a relay
+        thread holds the transport's write lock on a dead link (an upload in flight), and
+        the watchdog must still see the silence.
+        """
         settings = []
         for hop in self.hops:
             every = hop.server_alive_interval if hop.server_alive_interval is not None \
@@ -202,37 +213,41 @@ class HopChain:
             count = hop.server_alive_count_max if hop.server_alive_count_max is not None \
                 else count_max
             settings.append((max(every, 0), max(count, 1)))
-        threading.Thread(target=self._keepalive_loop, args=(settings, on_dead),
-                         name="jupyter_tunnel-keepalive", daemon=True).start()
-
-    def _keepalive_loop(self, settings: list[tuple[int, int]],
-                        on_dead: DeadCallback) -> None:
         step = min([every / 4 for every, _ in settings if every] + [1.0])
-        last_sent = [time.monotonic()] * len(settings)
+        threading.Thread(target=self._watchdog, args=(settings, step, on_dead),
+                         name="jupyter_tunnel-watchdog", daemon=True).start()
+        for i, (every, _) in enumerate(settings):
+            if every:
+                threading.Thread(target=self._send_keepalives, args=(i, every),
+                                 name=f"jupyter_tunnel-keepalive-{i}", daemon=True).start()
+
+    def _send_keepalives(self, index: int, every: int) -> None:
+        transports = self.transports  # close() swaps in an empty list
+        while not self._stop.wait(every):
+            try:
+                message = paramiko.Message()
+                message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+                message.add_string("keepalive@openssh.com")
+                message.add_boolean(True)  # want a reply: that is the point
+                transports[index]._send_user_message(message)
+            except (paramiko.SSHException, EOFError, OSError):
+                return  # a dead transport is noticed by the watchdog
+
+    def _watchdog(self, settings: list[tuple[int, int]], step: float,
+                  on_dead: DeadCallback) -> None:
+        """Never touches a transport's locks: only the clock and ``is_active``."""
+        transports, hops = self.transports, self.hops
         while not self._stop.wait(step):
             now = time.monotonic()
-            transports, hops = self.transports, self.hops  # close() swaps in empty lists
             for i, (every, count) in enumerate(settings[:len(transports)]):
                 hop = hops[i]
                 if not transports[i].is_active():
                     on_dead(hop, f"the connection to {hop.label} was closed", False)
                     return
-                if not every:
-                    continue
-                if now - self.last_read[i] > every * count + step:
+                if every and now - self.last_read[i] > every * count + step:
                     on_dead(hop, f"{hop.label} stopped answering: {count} keepalive(s) sent "
                                  f"{every} s apart got no reply", True)
                     return
-                if now - last_sent[i] >= every:
-                    last_sent[i] = now
-                    try:
-                        message = paramiko.Message()
-                        message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
-                        message.add_string("keepalive@openssh.com")
-                        message.add_boolean(True)  # want a reply: that is the point
-                        transports[i]._send_user_message(message)
-                    except (paramiko.SSHException, EOFError, OSError):
-                        pass  # a dead transport is noticed by alive() and by the clock above
 
     def _handshake(self, hop: ResolvedHop, sock: Any, timeout: float) -> paramiko.Transport:
         t = hop.connect_timeout or timeout
@@ -296,10 +311,16 @@ class HopChain:
                     f"{', '.join(exc.allowed_types) or 'nothing'}); jupyter_tunnel logs in with "
                     "keys only", hop=hop.alias) from None
             except paramiko.AuthenticationException:
+                if not transport.is_active():
+                    raise HopUnreachable(f"lost the connection to {hop.label} while logging in",
+                                         hop=hop.alias) from None
                 continue
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise AuthError(f"{hop.label} closed the connection during authentication as "
-                                f"{hop.user}: {exc}", hop=hop.alias) from None
+                if not transport.is_active():
+                    raise HopUnreachable(f"lost the connection to {hop.label} while logging in:"
+                                         f" {exc}", hop=hop.alias) from None
+                raise AuthError(f"{hop.label} refused the login of {hop.user} with {desc}: "
+                                f"{exc}", hop=hop.alias) from None
             if transport.is_authenticated():
                 return
         what = ", ".join(tried) if tried else "no key was found"
@@ -356,6 +377,10 @@ class HopChain:
         """Close transports, last hop first; a connect under way stops at the next hop."""
         self._closed = True
         self._stop.set()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                pending.close()
         transports, self.transports, self.hops = self.transports, [], []
         for transport in reversed(transports):
             with contextlib.suppress(Exception):

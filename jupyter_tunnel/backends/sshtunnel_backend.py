@@ -126,6 +126,8 @@ class SSHTunnelBackend:
         self._forwarders: list[_Forwarder] = []
         self._routes: dict[int, _Route] = {}
         self._reverse: dict[int, _Reverse] = {}
+        #: which chain holds each remote forward now (asked for again after a reconnect)
+        self._granted: dict[int, HopChain] = {}
 
     # the SSH connection -------------------------------------------------------
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
@@ -175,22 +177,29 @@ class SSHTunnelBackend:
 
     def open_channel(self, address: tuple[str, int], origin: tuple[str, int]) -> Any:
         """A ``direct-tcpip`` channel from the last hop to ``address``; while the connection
-        is down, wait up to ``hold_timeout`` for it to come back."""
+        is down (or dies under the attempt), wait up to ``hold_timeout`` for it to come back."""
         deadline = time.monotonic() + self.hold_timeout
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise HopUnreachable("the tunnel is closed")
-                chain = self.chain
-                if chain is not None and chain.alive():
-                    transport = chain.transports[-1]
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise HopUnreachable(f"the SSH connection did not come back within "
-                                         f"{self.hold_timeout:g} s")
-                self._cond.wait(min(remaining, 0.5))  # also re-checks a chain that died
-        return transport.open_channel("direct-tcpip", address, origin, timeout=10)
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        raise HopUnreachable("the tunnel is closed")
+                    chain = self.chain
+                    if chain is not None and chain.alive():
+                        transport = chain.transports[-1]
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise HopUnreachable(f"the SSH connection did not come back within "
+                                             f"{self.hold_timeout:g} s")
+                    self._cond.wait(min(remaining, 0.5))  # also re-checks a chain that died
+            try:
+                timeout = max(1.0, min(10.0, deadline - time.monotonic()))
+                return transport.open_channel("direct-tcpip", address, origin, timeout=timeout)
+            except (paramiko.SSHException, EOFError, OSError):
+                # refused by the server: give up; the connection lost meanwhile: hold on
+                if (self.chain is chain and chain.alive()) or time.monotonic() >= deadline:
+                    raise
 
     # forwards -----------------------------------------------------------------
     def forward_local(self, local_port: int, remote_host: str, remote_port: int) -> int:
@@ -228,8 +237,16 @@ class SSHTunnelBackend:
         port: int = fwd.local_bind_port
         fwd.__dict__.pop("_transport", None)  # the handlers ask open_channel() instead
         with self._cond:
-            self._forwarders.append(fwd)
-            self._routes[port] = route
+            closed = self._closed
+            if not closed:
+                self._forwarders.append(fwd)
+                self._routes[port] = route
+        if closed:  # close() ran meanwhile: it did not see this listener
+            for srv in fwd._server_list:
+                with contextlib.suppress(Exception):
+                    srv.shutdown()
+            _detach(fwd)
+            raise HopUnreachable("the tunnel was closed while the forward was being set up")
         return port
 
     def retarget(self, local_port: int, remote_host: str, remote_port: int) -> None:
@@ -242,18 +259,30 @@ class SSHTunnelBackend:
         """Have the last hop listen on ``bind:remote_port`` and send its connections to
         ``local_host:local_port`` as this machine sees it; return the port it bound."""
         reverse = _Reverse(bind, remote_port, local_host, local_port)
-        reverse.port = self._request_remote(self._live_chain(), reverse)
+        chain = self._live_chain()
+        reverse.port = self._request_remote(chain, reverse)
         with self._cond:
             self._reverse[reverse.port] = reverse
+            self._granted[reverse.port] = chain
         return reverse.port
 
     def restore_remote(self) -> None:
-        """Ask the (new) last hop for every remote forward again, on the same ports."""
+        """Ask the current last hop again for every remote forward it does not hold yet, on
+        the same ports; raise for the first it still refuses (after trying them all)."""
         chain = self._live_chain()
         with self._cond:
-            wanted = list(self._reverse.values())
+            wanted = [r for r in self._reverse.values() if self._granted.get(r.port) is not chain]
+        refused: TunnelError | None = None
         for reverse in wanted:
-            self._request_remote(chain, reverse)
+            try:
+                self._request_remote(chain, reverse)
+            except RemotePortRefused as exc:
+                refused = refused or exc
+                continue
+            with self._cond:
+                self._granted[reverse.port] = chain
+        if refused is not None:
+            raise refused
 
     def _request_remote(self, chain: HopChain, reverse: _Reverse) -> int:
         hop = chain.hops[-1]
