@@ -1,0 +1,143 @@
+/**
+ * Requests to the jupyter_tunnel server extension (`{base_url}jupyter-tunnel/api/`).
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** A tunnel as the server reports it (the same JSON as `jupyter tunnel list --json`). */
+export interface ITunnel {
+  name: string;
+  state: string;
+  target: string;
+  hops: string[];
+  hop_index?: number;
+  local_port: number | null;
+  remote_port: number | null;
+  url: string | null;
+  owner: string;
+  pid: number;
+  created?: number;
+  since?: number;
+  reconnects?: number;
+  attempt?: number;
+  problem?: string | null;
+  orphaned?: boolean;
+  error: ITunnelError | null;
+}
+
+/** Why a tunnel failed. */
+export interface ITunnelError {
+  error: string;
+  kind: string;
+  hop: string | null;
+}
+
+/** What the Open form sends. */
+export interface IOpenRequest {
+  target: string;
+  via: string[];
+  name?: string;
+  local_port?: number;
+  remote_port?: number;
+  launch?: boolean;
+}
+
+/** An error answer of the API, with the server's message. */
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly kind: string = 'error'
+  ) {
+    super(message);
+  }
+
+  /** The server extension is not installed or not enabled. */
+  get missing(): boolean {
+    return this.status === 404 && this.kind === 'missing';
+  }
+}
+
+/** A reply's body, and the server's clock at the time (for uptimes). */
+export interface IReply<T> {
+  data: T;
+  serverTime: number | null;
+}
+
+const API = 'jupyter-tunnel/api';
+
+/** Call the API; throw an {@link ApiError} whose message a person can act on. */
+export async function request<T>(
+  path: string,
+  init: RequestInit = {},
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): Promise<IReply<T>> {
+  const url = URLExt.join(settings.baseUrl, API, path);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new ApiError(
+      `cannot reach the Jupyter server: ${(error as Error).message}`,
+      0,
+      'network'
+    );
+  }
+  const text = await response.text();
+  let data: any = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    const fromExtension = data !== null && typeof data === 'object' && 'kind' in data;
+    if (response.status === 404 && !fromExtension) {
+      throw new ApiError(
+        'The jupyter_tunnel server extension is not running on this Jupyter server, so ' +
+          'tunnels cannot be opened from here. Install jupyter-tunnel where the server runs ' +
+          '(pip install jupyter-tunnel) or enable it (jupyter server extension enable ' +
+          'jupyter_tunnel), then restart the server.',
+        404,
+        'missing'
+      );
+    }
+    const message =
+      (data && (data.message as string)) ||
+      `${response.status} ${response.statusText}`;
+    throw new ApiError(message, response.status, (data && data.kind) || 'http');
+  }
+  const date = response.headers.get('Date');
+  const serverTime = date ? Date.parse(date) / 1000 : null;
+  return { data: data as T, serverTime };
+}
+
+/** Every tunnel of the user. */
+export function listTunnels(): Promise<IReply<ITunnel[]>> {
+  return request<ITunnel[]>('tunnels');
+}
+
+/** Open a tunnel; the server answers at once, while it connects. */
+export async function openTunnel(body: IOpenRequest): Promise<ITunnel> {
+  const reply = await request<ITunnel>('tunnels', {
+    method: 'POST',
+    body: JSON.stringify(body)
+  });
+  return reply.data;
+}
+
+/** Close a tunnel (or dismiss a failed one). */
+export async function closeTunnel(name: string): Promise<ITunnel> {
+  const reply = await request<ITunnel>(`tunnels/${encodeURIComponent(name)}`, {
+    method: 'DELETE'
+  });
+  return reply.data;
+}
+
+/** Host names of the server's ssh config, to suggest. */
+export async function listHosts(): Promise<string[]> {
+  const reply = await request<{ hosts: string[] }>('hosts');
+  return reply.data.hosts;
+}

@@ -1,0 +1,60 @@
+/**
+ * Small DOM helpers and the words the panel shows for a tunnel.
+ */
+import { ITunnel } from './api';
+
+/** An element with attributes and text. */
+export function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  text?: string
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    node.setAttribute(key, value);
+  }
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+/** `1h 02m`, `3m 05s`, `12s`. */
+export function duration(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const pad = (n: number) => String(n).padStart(2, '0');
+  if (h > 0) {
+    return `${h}h ${pad(m)}m`;
+  }
+  if (m > 0) {
+    return `${m}m ${pad(s % 60)}s`;
+  }
+  return `${s % 60}s`;
+}
+
+/** What the tunnel is doing now, in words (empty when there is nothing to say). */
+export function progress(t: ITunnel): string {
+  const hops = t.hops || [];
+  switch (t.state) {
+    case 'connecting': {
+      const i = Math.min(t.hop_index ?? 0, Math.max(hops.length - 1, 0));
+      return hops.length
+        ? `Connecting to ${hops[i]} (${i + 1}/${hops.length})…`
+        : 'Connecting…';
+    }
+    case 'detecting':
+      return `Looking for a running Jupyter on ${t.target}…`;
+    case 'reconnecting':
+      return `Reconnecting${t.attempt ? ` (attempt ${t.attempt})` : ''}…${
+        t.problem ? ' ' + t.problem : ''
+      }`;
+    case 'degraded':
+      return t.problem || 'The remote Jupyter does not answer.';
+    case 'orphaned':
+      return `The process that opened it (pid ${t.pid}) is gone; close it to clean up.`;
+    default:
+      return '';
+  }
+}

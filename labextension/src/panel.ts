@@ -1,0 +1,274 @@
+/**
+ * The Tunnels side panel: a form to open a tunnel and the list of every tunnel.
+ *
+ * Elements carry `data-testid` attributes (jt-*) for tests and stable class names.
+ */
+import { Widget } from '@lumino/widgets';
+
+import { ApiError, ITunnel, closeTunnel as deleteTunnel, listHosts, listTunnels } from './api';
+import { duration, el, progress } from './dom';
+import { OpenForm } from './form';
+
+/** How often the list is refreshed while the panel is visible, in ms (not while hidden). */
+const POLL_MS = 1000;
+/** ... while the server extension is missing. */
+const MISSING_POLL_MS = 10000;
+
+/** The side panel. */
+export class TunnelPanel extends Widget {
+  constructor() {
+    super();
+    this.id = 'jupyter-tunnel-panel';
+    this.addClass('jp-TunnelPanel');
+    this.node.dataset.testid = 'jt-panel';
+    this.title.caption = 'SSH tunnels to remote JupyterLabs';
+    this._build();
+  }
+
+  /** Put the cursor in the Target field (once the panel is shown and the palette gone). */
+  focusTarget(): void {
+    for (const delay of [0, 50, 200]) {
+      window.setTimeout(() => {
+        if (this.isVisible && document.activeElement !== this._form.target) {
+          this._form.focusTarget();
+        }
+      }, delay);
+    }
+  }
+
+  /** The tunnels as last listed. */
+  get tunnels(): ITunnel[] {
+    return this._tunnels;
+  }
+
+  /** Refresh the list now. */
+  async refresh(): Promise<void> {
+    try {
+      const reply = await listTunnels();
+      if (reply.serverTime !== null) {
+        this._skew = reply.serverTime - Date.now() / 1000;
+      }
+      this._setMissing(null);
+      this._tunnels = reply.data;
+      this._render();
+    } catch (error) {
+      const e = error as ApiError;
+      if (e.missing) {
+        this._setMissing(e.message);
+      } else {
+        this._listError.textContent = `Cannot list the tunnels: ${e.message}`;
+      }
+      return;
+    }
+    this._listError.textContent = '';
+  }
+
+  /** Close one tunnel by name; reports the error in its row. */
+  async closeTunnel(name: string): Promise<void> {
+    const row = this._rows.get(name);
+    const button = row?.querySelector('[data-testid="jt-close"]') as HTMLButtonElement | null;
+    if (button) {
+      button.disabled = true;
+    }
+    this._closeErrors.delete(name);
+    try {
+      await deleteTunnel(name);
+    } catch (error) {
+      this._closeErrors.set(name, `Cannot close it: ${(error as Error).message}`);
+      throw error;
+    } finally {
+      if (button) {
+        button.disabled = false;
+      }
+      await this.refresh();
+    }
+  }
+
+  protected onAfterShow(): void {
+    if (!this._hostsLoaded) {
+      this._hostsLoaded = true;
+      void this._loadHosts();
+    }
+    this._schedule(0);
+  }
+
+  protected onAfterHide(): void {
+    window.clearTimeout(this._timer);
+  }
+
+  protected onBeforeDetach(): void {
+    window.clearTimeout(this._timer);
+  }
+
+  /** Refresh after ``delay`` ms, then keep polling while the panel is visible. */
+  private _schedule(delay: number): void {
+    window.clearTimeout(this._timer);
+    this._timer = window.setTimeout(async () => {
+      if (this.isDisposed || !this.isVisible) {
+        return;
+      }
+      await this.refresh();
+      if (this.isVisible) {
+        this._schedule(this._missing === null ? POLL_MS : MISSING_POLL_MS);
+      }
+    }, delay);
+  }
+
+  private async _loadHosts(): Promise<void> {
+    try {
+      const hosts = await listHosts();
+      this._form.setHosts(hosts);
+    } catch (error) {
+      // no suggestions; the form still works with typed host names
+      console.warn('jupyter-tunnel: no host suggestions:', error);
+    }
+  }
+
+  private _setMissing(message: string | null): void {
+    if (this._missing !== null && message === null) {
+      void this._loadHosts(); // the server extension is back
+    }
+    this._missing = message;
+    this._list.hidden = message !== null;
+    if (message !== null) {
+      this._empty.hidden = true;
+    }
+    this._missingNote.hidden = message === null;
+    this._missingNote.textContent = message ?? '';
+    this._form.node.hidden = message !== null;
+  }
+
+  private _build(): void {
+    const header = el('header', { class: 'jp-TunnelPanel-header' });
+    header.append(el('h2', {}, 'Tunnels'));
+    this._missingNote = el('div', {
+      class: 'jp-TunnelPanel-missing',
+      'data-testid': 'jt-missing',
+      role: 'alert'
+    });
+    this._missingNote.hidden = true;
+    this._form = new OpenForm(() => void this.refresh());
+    this._list = el('ul', { class: 'jp-TunnelPanel-list', 'data-testid': 'jt-list' });
+    this._empty = el(
+      'p',
+      { class: 'jp-TunnelPanel-empty', 'data-testid': 'jt-empty' },
+      'No tunnels.'
+    );
+    this._listError = el('div', { class: 'jp-TunnelPanel-error', role: 'alert' });
+    this.node.append(
+      header,
+      this._missingNote,
+      this._form.node,
+      this._listError,
+      this._list,
+      this._empty
+    );
+  }
+
+  private _render(): void {
+    const seen = new Set<string>();
+    for (const tunnel of this._tunnels) {
+      seen.add(tunnel.name);
+      let row = this._rows.get(tunnel.name);
+      if (!row) {
+        row = this._newRow(tunnel.name);
+        this._rows.set(tunnel.name, row);
+      }
+      this._fill(row, tunnel);
+      this._list.append(row); // keeps the server's (sorted) order
+    }
+    for (const [name, row] of this._rows) {
+      if (!seen.has(name)) {
+        row.remove();
+        this._rows.delete(name);
+        this._closeErrors.delete(name);
+      }
+    }
+    this._empty.hidden = this._tunnels.length > 0;
+  }
+
+  private _newRow(name: string): HTMLLIElement {
+    const row = el('li', { class: 'jp-TunnelPanel-item', 'data-testid': 'jt-tunnel' });
+    row.dataset.name = name;
+    const top = el('div', { class: 'jp-TunnelPanel-top' });
+    const close = el('button', {
+      type: 'button',
+      class: 'jp-mod-styled jp-TunnelPanel-close',
+      'data-testid': 'jt-close'
+    });
+    close.addEventListener('click', () => {
+      void this.closeTunnel(name).catch(() => undefined);
+    });
+    top.append(
+      el('span', { class: 'jp-TunnelPanel-name', 'data-testid': 'jt-name' }, name),
+      el('span', { class: 'jp-TunnelPanel-badge', 'data-testid': 'jt-state' }),
+      close
+    );
+    const link = el('a', {
+      class: 'jp-TunnelPanel-open',
+      'data-testid': 'jt-link',
+      target: '_blank',
+      rel: 'noopener noreferrer'
+    }, 'Open JupyterLab');
+    row.append(
+      top,
+      el('div', { class: 'jp-TunnelPanel-hops', 'data-testid': 'jt-hops' }),
+      el('div', { class: 'jp-TunnelPanel-progress', 'data-testid': 'jt-progress' }),
+      link,
+      el('div', { class: 'jp-TunnelPanel-meta', 'data-testid': 'jt-meta' }),
+      el('div', { class: 'jp-TunnelPanel-error', 'data-testid': 'jt-error', role: 'alert' })
+    );
+    return row;
+  }
+
+  private _fill(row: HTMLLIElement, t: ITunnel): void {
+    const q = (id: string) => row.querySelector(`[data-testid="${id}"]`) as HTMLElement;
+    row.dataset.state = t.state;
+    const badge = q('jt-state');
+    badge.textContent = t.state;
+    badge.className = `jp-TunnelPanel-badge jp-mod-${t.state}`;
+    const ended = t.state === 'failed' || t.state === 'orphaned';
+    const close = q('jt-close') as HTMLButtonElement;
+    close.textContent = ended ? 'Dismiss' : 'Close';
+    close.title = ended ? 'Remove it from the list' : `Close tunnel ${t.name}`;
+    q('jt-hops').textContent = (t.hops || []).join(' → ');
+    q('jt-progress').textContent = progress(t);
+    const link = q('jt-link') as HTMLAnchorElement;
+    const live = t.url && ['ready', 'degraded', 'reconnecting'].includes(t.state);
+    link.hidden = !live;
+    if (live && link.getAttribute('href') !== t.url) {
+      link.href = t.url as string;
+    }
+    const meta: string[] = [];
+    if (live && t.created) {
+      meta.push(`up ${duration(Date.now() / 1000 + this._skew - t.created)}`);
+    }
+    if (live || t.reconnects) {
+      const r = t.reconnects ?? 0;
+      meta.push(`${r} reconnect${r === 1 ? '' : 's'}`);
+    }
+    if (t.local_port) {
+      meta.push(`port ${t.local_port}`);
+    }
+    if (t.owner && t.owner !== 'server') {
+      meta.push(`opened by ${t.owner} (pid ${t.pid})`);
+    }
+    q('jt-meta').textContent = meta.join(' · ');
+    q('jt-error').textContent = [t.error?.error, this._closeErrors.get(t.name)]
+      .filter(m => m)
+      .join(' ');
+  }
+
+  private _tunnels: ITunnel[] = [];
+  private _rows = new Map<string, HTMLLIElement>();
+  private _closeErrors = new Map<string, string>();
+  private _timer = 0;
+  private _hostsLoaded = false;
+  private _skew = 0;
+  private _missing: string | null = null;
+  private _form!: OpenForm;
+  private _list!: HTMLUListElement;
+  private _empty!: HTMLParagraphElement;
+  private _listError!: HTMLDivElement;
+  private _missingNote!: HTMLDivElement;
+}
