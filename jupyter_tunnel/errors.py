@@ -103,6 +103,10 @@ class TunnelExists(TunnelError):
     """A live tunnel of that name already exists."""
 
 
+class NotOwner(TunnelError):
+    """The tunnel belongs to another process, which must close it."""
+
+
 _KINDS: dict[type[TunnelError], str] = {
     SpecError: "bad-request",
     ConfigError: "config",
@@ -117,4 +121,5 @@ _KINDS: dict[type[TunnelError], str] = {
     RemoteJupyterNotReady: "jupyter-not-ready",
     TunnelNotFound: "not-found",
     TunnelExists: "exists",
+    NotOwner: "not-owner",
 }

@@ -18,6 +18,7 @@ _STATUS: list[tuple[type[errors.TunnelError], int]] = [
     (errors.ConfigError, 400),  # the ssh config cannot serve this request as it is
     (errors.TunnelNotFound, 404),
     (errors.TunnelExists, 409),
+    (errors.NotOwner, 409),  # another process owns it: close it there
     (errors.PortInUse, 409),
     (errors.HopTimeout, 504),  # a hop (or the remote Jupyter) did not answer in time
     (errors.RemoteJupyterNotReady, 504),
