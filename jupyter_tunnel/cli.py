@@ -15,6 +15,7 @@ from traitlets import Bool
 
 from .cli_base import BaseTunnelApp, common_flags
 from .errors import SpecError, TunnelError
+from .humanize import human_bytes, human_duration
 
 
 def _why(record: dict[str, Any]) -> str:
@@ -30,15 +31,6 @@ def _why(record: dict[str, Any]) -> str:
         return f"{text}: {record.get('problem')}" if record.get("problem") else text
     err = record.get("error") or {}
     return str(err.get("error") or record.get("problem") or "")
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _row(record: dict[str, Any]) -> str:
@@ -91,7 +83,7 @@ class StatusApp(BaseTunnelApp):
         since = record.get("since") or time.time()
         rows: list[tuple[str, Any]] = [
             ("name", record.get("name")),
-            ("state", f"{record.get('state')} for {_ago(time.time() - since)}"),
+            ("state", f"{record.get('state')} for {human_duration(time.time() - since)}"),
             ("why", _why(record) or None),
             ("hops", " -> ".join(record.get("hops") or [])),
             ("local_port", record.get("local_port")),
@@ -102,10 +94,11 @@ class StatusApp(BaseTunnelApp):
                  for f in record.get("forwards") or []]
         rows += [
             ("owner", f"{record.get('owner')} (pid {record.get('pid')})"),
-            ("up", _ago(time.time() - (record.get("created") or time.time()))),
+            ("up", human_duration(time.time() - (record.get("created") or time.time()))),
             ("reconnects", record.get("reconnects", 0)),
-            ("traffic", f"{record.get('bytes_in', 0)} bytes in, {record.get('bytes_out', 0)} "
-                        f"bytes out, {record.get('connections', 0)} connection(s) open"),
+            ("traffic", f"{human_bytes(record.get('bytes_in', 0))} in, "
+                        f"{human_bytes(record.get('bytes_out', 0))} out, "
+                        f"{record.get('connections', 0)} connection(s) open"),
         ]
         for key, value in rows:
             if key == "why" and value is None:

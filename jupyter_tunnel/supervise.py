@@ -206,13 +206,22 @@ class Supervisor:
         if backend is None or not backend.alive():
             return  # the keepalives report the lost hop
         try:
-            problem = self._refresh_jupyter()
-        except TunnelError as exc:
-            if not backend.alive():
-                return
-            problem = f"the Jupyter server on {tunnel.chain[-1].alias} cannot be checked: " \
-                      f"{exc.message}"
+            problem = self._jupyter_problem()
+        except TunnelError:
+            return  # SSH went down meanwhile: the keepalives report it
         self._settle(problem)
+
+    def _jupyter_problem(self) -> str | None:
+        """What is wrong with the remote Jupyter (None: it answers through the tunnel); a
+        failed check is a problem while SSH is up, else raised as the lost connection."""
+        tunnel = self.tunnel
+        try:
+            return self._refresh_jupyter()
+        except TunnelError as exc:
+            if tunnel.backend is None or not tunnel.backend.alive():
+                raise
+            return f"the Jupyter server on {tunnel.chain[-1].alias} cannot be checked: " \
+                   f"{exc.message}"
 
     def _refresh_jupyter(self) -> str | None:
         """Find the remote server again and point the forward at it; None if it answers,
@@ -296,15 +305,7 @@ class Supervisor:
                                 tunnel._on_notice)
                 self._watch()
                 self._restore_reverse()
-                problem = None
-                if tunnel.remote is not None:
-                    try:
-                        problem = self._refresh_jupyter()
-                    except TunnelError as exc:
-                        if not backend.alive():
-                            raise
-                        problem = f"the Jupyter server on {tunnel.chain[-1].alias} cannot be " \
-                                  f"checked: {exc.message}"
+                problem = self._jupyter_problem() if tunnel.remote is not None else None
                 if not backend.alive():
                     raise HopUnreachable("the connection was lost again at once")
             except TunnelError as exc:

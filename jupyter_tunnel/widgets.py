@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
+from .humanize import human_bytes, human_duration
 from .tunnel import State, Tunnel
 
 log = logging.getLogger("jupyter_tunnel")
@@ -47,26 +48,6 @@ def badge(state: str) -> str:
     return (f'<span class="jt-badge" data-state="{html.escape(state)}" style="background:{color};'
             'color:white;border-radius:9px;padding:1px 9px;font-weight:600;font-size:90%">'
             f"{html.escape(state)}</span>")
-
-
-def human_bytes(n: object) -> str:
-    """``1.5 MB``: bytes for people (decimal units)."""
-    size = float(n) if isinstance(n, (int, float)) else 0.0
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"  # pragma: no cover
-
-
-def human_duration(seconds: float) -> str:
-    """``2h 03m``, ``4m 09s`` or ``7 s``."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def _span(text: str, color: str, title: str = "") -> str:

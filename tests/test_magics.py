@@ -20,29 +20,13 @@ from conftest import port_is_free
 from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbformat import NotebookNode
+from test_open import api_status, registry_files
 
 from jupyter_tunnel.sandbox import Sandbox
 
 pytestmark = pytest.mark.network
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def api_status(url: str) -> int:
-    """GET api/status through the tunnel with the token from the URL, as a browser tab would."""
-    parts = urllib.parse.urlsplit(url)
-    token = urllib.parse.parse_qs(parts.query)["token"][0]
-    base = parts.path.rsplit("lab", 1)[0]
-    req = urllib.request.Request(f"{parts.scheme}://{parts.netloc}{base}api/status",
-                                 headers={"Authorization": f"token {token}"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(req, timeout=10) as response:
-        return int(response.status)
-
-
-def registry_files(runtime_dir: Path) -> list[str]:
-    folder = runtime_dir / "jupyter_tunnel"
-    return sorted(p.name for p in folder.glob("*.json")) if folder.exists() else []
 
 
 def kernel_env(tmp_path: Path) -> dict[str, str]:

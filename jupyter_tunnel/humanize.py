@@ -1,0 +1,23 @@
+"""Durations and sizes for people, as every front end shows them."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: object) -> str:
+    """``1.5 MB``: bytes for people (decimal units)."""
+    size = float(n) if isinstance(n, (int, float)) else 0.0
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover
+
+
+def human_duration(seconds: float) -> str:
+    """``2h 03m``, ``4m 09s`` or ``7 s``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
