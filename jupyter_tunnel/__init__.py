@@ -6,9 +6,14 @@ so a kernel that loads the magics does not pay for the server extension.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ._version import __version__
+
+# a library logs; the application decides where to (a kernel must not print tracebacks
+# of background threads into whatever cell runs)
+logging.getLogger("jupyter_tunnel").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "open_tunnel"]
 

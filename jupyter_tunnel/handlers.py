@@ -20,6 +20,7 @@ from collections.abc import Callable
 from http.client import responses
 from typing import Any, TypeVar
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
@@ -57,6 +58,19 @@ class TunnelAPIHandler(ExtensionHandlerMixin, APIHandler):
         except TunnelError as exc:
             raise ApiError.from_tunnel_error(exc) from None
 
+    async def shown(self, data: Any) -> Any:
+        """``data`` as this user may see it: the tunnels' URLs carry the remote servers'
+        login tokens, which only a user allowed to *execute* here may have."""
+        allowed = await ensure_async(self.authorizer.is_authorized(
+            self, self.current_user, "execute", AUTH_RESOURCE))
+        if allowed:
+            return data
+        records = data if isinstance(data, list) else [data]
+        for record in records:
+            if isinstance(record, dict) and record.get("url"):
+                record["url"] = record["url"].split("?", 1)[0]
+        return data
+
     def send(self, status: int, data: Any) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -84,10 +98,10 @@ class TunnelsHandler(TunnelAPIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.send(200, await self.call(self.service.list))
+        self.send(200, await self.shown(await self.call(self.service.list)))
 
     @web.authenticated
-    @authorized
+    @authorized("execute")  # it logs in to remote hosts and hands out their tokens
     async def post(self) -> None:
         try:
             body = json.loads(self.request.body or b"null")
@@ -118,7 +132,7 @@ class TunnelHandler(TunnelAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        self.send(200, await self.call(self.service.status, name))
+        self.send(200, await self.shown(await self.call(self.service.status, name)))
 
     @web.authenticated
     @authorized

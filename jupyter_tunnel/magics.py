@@ -101,7 +101,7 @@ class TunnelMagics(Magics):
         shell.display_formatter.ipython_display_formatter.pop(Tunnel, None)
         if self.manager in shell.configurables:
             shell.configurables.remove(self.manager)
-        self.manager.close_all()
+        self.shutdown()
 
     def shutdown(self) -> None:
         """At exit (kernel shutdown or restart): close every tunnel this kernel opened."""
@@ -241,8 +241,8 @@ class TunnelMagics(Magics):
                                        launch=False)
 
         for tunnel in self.manager.tunnels():
-            if tunnel.state not in (State.READY, State.DEGRADED, State.RECONNECTING):
-                continue
+            if tunnel.state not in (State.READY, State.RECONNECTING):
+                continue  # a degraded one lacks its Jupyter: open anew (with --launch, say)
             if spec.name and spec.name != tunnel.name:
                 continue
             if spec.local_port and spec.local_port != tunnel.local_port:

@@ -182,6 +182,19 @@ class TunnelService:
                        + " (TunnelExtensionApp.allowed_targets)")
             raise TargetNotAllowed(f"{hop} is not allowed: {why}", hop=str(hop))
 
+    def check_resolved(self, tunnel: Tunnel) -> None:
+        """With an operator's list, every hop of the resolved chain must be on it, including
+        jump hosts that ProxyJump in the ssh config adds (the request never named them)."""
+        if self.allowed_targets is None:
+            return  # the user's own ssh config decides its ProxyJump hops
+        for hop in tunnel.chain:
+            if not hop_allowed(Hop(host=hop.alias.lower(), user=hop.user),
+                               self.allowed_targets, []):
+                raise TargetNotAllowed(
+                    f"{hop.alias} (a jump host of {tunnel.chain[-1].alias} in the ssh config) is "
+                    "not allowed: this server reaches only " + ", ".join(self.allowed_targets)
+                    + " (TunnelExtensionApp.allowed_targets)", hop=hop.alias)
+
     def begin(self, spec: TunnelSpec) -> tuple[Tunnel, Future[None]]:
         """Check, name and record a tunnel, and start opening it in the background.
 
@@ -200,6 +213,7 @@ class TunnelService:
             if not spec.name:
                 spec = dataclasses.replace(spec, name=self._free_name(spec.default_name(), busy))
             tunnel = self.manager.prepare(spec)
+            self.check_resolved(tunnel)  # ProxyJump lines may have added hops
             claim = getattr(tunnel, "claim", None)
             if claim is not None:
                 claim()  # in the registry now: a name held elsewhere fails here, with 409

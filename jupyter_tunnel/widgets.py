@@ -409,9 +409,13 @@ def render_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         url, port = r.get("url"), r.get("local_port")
         local = f"127.0.0.1:{port}" if port else "-"
-        if url and r.get("state") in ("ready", "degraded"):
+        if url and r.get("state") in ("ready", "degraded") and r.get("pid") == me:
+            # a link (with its token) only for this kernel's tunnels, whose cards show it
+            # anyway: a saved notebook must not carry the tokens of other processes' tunnels
             local = (f'<a href="{html.escape(url)}" target="_blank" rel="noopener noreferrer" '
-                     f'style="color:#1565c0">{local}</a>')
+                     f'style="color:#1565c0">{html.escape(local)}</a>')
+        else:
+            local = html.escape(local)
         owner = "this kernel" if r.get("pid") == me else f"{r.get('owner', '?')} ({r.get('pid')})"
         up = human_duration(time.time() - float(r["created"])) if r.get("created") else "-"
         state = str(r.get("state", "?"))
@@ -419,7 +423,7 @@ def render_table(records: list[dict[str, Any]]) -> str:
         extra = f"<br>{_span(html.escape(err), _RED)}" if err else ""
         values = [f"<b>{html.escape(str(r.get('name')))}</b>", badge(state) + extra,
                   html.escape(" → ".join(r.get("hops") or [])), local, html.escape(owner), up,
-                  str(r.get("reconnects", 0))]
+                  html.escape(str(r.get("reconnects", 0)))]
         rows.append("<tr>" + "".join(f"<td style='{cell}'>{v}</td>" for v in values) + "</tr>")
     return (f"<table class='jt-tunnels' style='border-collapse:collapse'><thead><tr>{head}"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")

@@ -105,11 +105,17 @@ def binder_user() -> Iterator[User]:
     try:
         yield User(name, pw.pw_uid, pw.pw_gid, home)
     finally:
-        for pid in processes_of(pw.pw_uid):  # all started by this test, as that user
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        subprocess.run(["userdel", name], capture_output=True)
+        deadline = time.monotonic() + 10
+        while (left := processes_of(pw.pw_uid)) and time.monotonic() < deadline:
+            for pid in left:  # all started by this test, as that user
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        removed = subprocess.run(["userdel", name], capture_output=True, text=True)
+        if removed.returncode != 0:
+            removed = subprocess.run(["userdel", "-f", name], capture_output=True, text=True)
         shutil.rmtree(home, ignore_errors=True)
+        assert removed.returncode == 0, f"throwaway user {name} left behind: {removed.stderr}"
 
 
 def outputs(nb: nbformat.NotebookNode, kind: str) -> list[nbformat.NotebookNode]:
@@ -137,7 +143,8 @@ def test_binder_start_and_demo_notebook_as_unprivileged_user(binder_user: User) 
     venv = home / "venv"
     env = {"HOME": str(home), "USER": user.name, "LOGNAME": user.name, "SHELL": "/bin/bash",
            "LANG": "C.UTF-8", "PATH": f"{venv}/bin:/usr/bin:/bin",
-           "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython")}
+           "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
+           "TMPDIR": str(home)}  # the demo network's folder goes where the test removes it
     (home / "run_notebook.py").write_text(RUN_NOTEBOOK)
     for path in [home / "repo", *(home / "repo").rglob("*"), home / "run_notebook.py"]:
         os.chown(path, user.uid, user.gid)

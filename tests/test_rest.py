@@ -40,6 +40,10 @@ Host beast
   Port 1
 Host *.wild
   User nobody
+Host sneaky
+  HostName 127.0.0.1
+  Port 1
+  ProxyJump evil.example.com
 """
 
 
@@ -353,6 +357,49 @@ async def test_operator_list_of_allowed_targets(jp_fetch: Any, service: TunnelSe
     assert service.list() == []
 
 
+@pytest.mark.parametrize("server_extra",
+                         [{"TunnelExtensionApp": {"allowed_targets": ["sneaky", "unicorn"]}}])
+async def test_proxyjump_in_the_ssh_config_cannot_bring_in_another_host(
+        jp_fetch: Any, service: TunnelService) -> None:
+    code, error, _ = await call(jp_fetch, "POST", "tunnels", body={"target": "sneaky"})
+    assert code == 403, error
+    assert error["message"].startswith("evil.example.com (a jump host of sneaky in the ssh "
+                                       "config) is not allowed")
+    assert registry_files(service) == [] and service.list() == []
+
+
+from jupyter_server.auth.authorizer import Authorizer  # noqa: E402
+
+
+class ViewerAuthorizer(Authorizer):
+    """Lets a user read and write but not execute (a viewer's role, say)."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return action != "execute"
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("server_extra", [{"ServerApp": {
+    "authorizer_class": "test_rest.ViewerAuthorizer"}}])
+async def test_a_viewer_sees_tunnels_but_no_tokens_and_cannot_open(
+        jp_fetch: Any, service: TunnelService, net: Sandbox) -> None:
+    from jupyter_tunnel.manager import TunnelManager
+    from jupyter_tunnel.spec import build_spec
+
+    own = TunnelManager(ssh_config=str(net.ssh_config), registry_dir=str(
+        service.manager.registry.path))
+    with own.open(build_spec("beast via unicorn", name="mine")) as tunnel:
+        assert tunnel.url is not None and "?token=" in tunnel.url
+        code, listed, _ = await call(jp_fetch, "GET", "tunnels")
+        assert code == 200 and [r["name"] for r in listed] == ["mine"]
+        assert listed[0]["url"] == tunnel.url.split("?", 1)[0]
+        code, one, _ = await call(jp_fetch, "GET", "tunnels", "mine")
+        assert code == 200 and "token" not in (one["url"] or "")
+        code, error, _ = await call(jp_fetch, "POST", "tunnels", body={"target": "beast"})
+        assert code == 403, error
+    assert registry_files(service) == []
+
+
 @pytest.fixture
 def tunnel_config_py(jp_config_dir: Path) -> Path:
     """A jupyter_tunnel_config.py, the file the `jupyter tunnel` command reads too."""
@@ -372,7 +419,7 @@ async def test_jupyter_tunnel_config_py_configures_the_server(
 
 async def test_hosts_are_the_concrete_hosts_of_the_ssh_config(jp_fetch: Any) -> None:
     code, hosts, _ = await call(jp_fetch, "GET", "hosts")
-    assert (code, hosts) == (200, {"hosts": ["unicorn", "beast"]})
+    assert (code, hosts) == (200, {"hosts": ["unicorn", "beast", "sneaky"]})
 
 
 # --- pure rules --------------------------------------------------------------------------
