@@ -101,7 +101,7 @@ class TunnelsHandler(TunnelAPIHandler):
         self.send(200, await self.shown(await self.call(self.service.list)))
 
     @web.authenticated
-    @authorized("execute")  # it logs in to remote hosts and hands out their tokens
+    @authorized("execute")  # type: ignore[untyped-decorator]  # logs in; hands out tokens
     async def post(self) -> None:
         try:
             body = json.loads(self.request.body or b"null")

@@ -400,6 +400,24 @@ async def test_a_viewer_sees_tunnels_but_no_tokens_and_cannot_open(
     assert registry_files(service) == []
 
 
+class DenyAuthorizer(Authorizer):
+    """Authenticated, but allowed nothing on this extension's resource."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return resource != "jupyter_tunnel"
+
+
+@pytest.mark.parametrize("server_extra", [{"ServerApp": {
+    "authorizer_class": "test_rest.DenyAuthorizer"}}])
+async def test_every_endpoint_asks_the_authorizer(jp_fetch: Any, service: TunnelService) -> None:
+    for method, path, body in [("GET", ("tunnels",), None), ("GET", ("tunnels", "x"), None),
+                               ("DELETE", ("tunnels", "x"), None), ("GET", ("hosts",), None),
+                               ("POST", ("tunnels",), {"target": "beast"})]:
+        code, error, _ = await call(jp_fetch, method, *path, body=body)
+        assert code == 403, (method, path, error)
+    assert registry_files(service) == []
+
+
 @pytest.fixture
 def tunnel_config_py(jp_config_dir: Path) -> Path:
     """A jupyter_tunnel_config.py, the file the `jupyter tunnel` command reads too."""
