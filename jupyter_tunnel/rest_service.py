@@ -287,9 +287,8 @@ class TunnelService:
             self._crashes.pop(id(mine), None)
             return record
         if pending and not started:
-            record = self.view(mine)  # it never starts: _open sees the cancel and ends it
-            record["state"] = State.CLOSED.value
-            return record
+            mine.close()  # it never starts (_open sees the cancel); its claimed record goes now
+            return self.view(mine)
         with contextlib.suppress(TunnelNotFound):
             if self.manager.get(name) is mine:
                 return self.manager.close(name)

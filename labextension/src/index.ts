@@ -59,7 +59,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: 'Close all tunnels',
       caption: 'Close every SSH tunnel listed in the Tunnels panel',
       execute: async () => {
-        const tunnels = (await listTunnels()).data;
+        let tunnels;
+        try {
+          tunnels = (await listTunnels()).data;
+        } catch (e) {
+          Notification.error(`Cannot list the tunnels: ${(e as Error).message}`, {
+            autoClose: false
+          });
+          return;
+        }
         if (tunnels.length === 0) {
           Notification.info('There are no tunnels to close.', { autoClose: 3000 });
           return;

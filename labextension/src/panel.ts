@@ -167,6 +167,7 @@ export class TunnelPanel extends Widget {
 
   private _render(): void {
     const seen = new Set<string>();
+    let index = 0;
     for (const tunnel of this._tunnels) {
       seen.add(tunnel.name);
       let row = this._rows.get(tunnel.name);
@@ -175,7 +176,11 @@ export class TunnelPanel extends Widget {
         this._rows.set(tunnel.name, row);
       }
       this._fill(row, tunnel);
-      this._list.append(row); // keeps the server's (sorted) order
+      if (this._list.children[index] !== row) {
+        // keeps the server's (sorted) order; moving a row only when needed keeps its focus
+        this._list.insertBefore(row, this._list.children[index] ?? null);
+      }
+      index += 1;
     }
     for (const [name, row] of this._rows) {
       if (!seen.has(name)) {
@@ -216,7 +221,7 @@ export class TunnelPanel extends Widget {
       el('div', { class: 'jp-TunnelPanel-progress', 'data-testid': 'jt-progress' }),
       link,
       el('div', { class: 'jp-TunnelPanel-meta', 'data-testid': 'jt-meta' }),
-      el('div', { class: 'jp-TunnelPanel-error', 'data-testid': 'jt-error', role: 'alert' })
+      el('div', { class: 'jp-TunnelPanel-error', 'data-testid': 'jt-error', role: 'status' })
     );
     return row;
   }
@@ -254,9 +259,11 @@ export class TunnelPanel extends Widget {
       meta.push(`opened by ${t.owner} (pid ${t.pid})`);
     }
     q('jt-meta').textContent = meta.join(' · ');
-    q('jt-error').textContent = [t.error?.error, this._closeErrors.get(t.name)]
-      .filter(m => m)
-      .join(' ');
+    const error = [t.error?.error, this._closeErrors.get(t.name)].filter(m => m).join(' ');
+    const shown = q('jt-error');
+    if (shown.textContent !== error) {
+      shown.textContent = error; // unchanged text is not rewritten: no repeated announcements
+    }
   }
 
   private _tunnels: ITunnel[] = [];
