@@ -134,18 +134,35 @@ class SSHConfig:
         return options
 
     def hosts(self) -> list[str]:
-        """Host aliases named in the config without wildcards (for suggestions)."""
+        """Host aliases named in the config without wildcards (for suggestions), in the
+        user's config and the files it includes."""
         names: list[str] = []
         for file in self.files[:1]:
-            if not file.is_file():
-                continue
-            for raw in file.read_text(errors="replace").splitlines():
-                toks = _tokens(raw)
-                if len(toks) > 1 and toks[0].lower() == "host":
-                    for pat in toks[1:]:
-                        if not any(c in pat for c in "*?!") and pat not in names:
-                            names.append(pat)
+            self._hosts_in(file, names, 0)
         return names
+
+    def _hosts_in(self, file: Path, names: list[str], depth: int) -> None:
+        if depth > _MAX_INCLUDE_DEPTH or not file.is_file():
+            return
+        for raw in file.read_text(errors="replace").splitlines():
+            toks = _tokens(raw)
+            if len(toks) > 1 and toks[0].lower() == "host":
+                names.extend(p for p in toks[1:]
+                             if not any(c in p for c in "*?!") and p not in names)
+            elif len(toks) > 1 and toks[0].lower() == "include":
+                for inc in self._includes(file, toks[1:]):
+                    self._hosts_in(inc, names, depth + 1)
+
+    def _includes(self, file: Path, patterns: list[str]) -> list[Path]:
+        """The files an ``Include`` line in ``file`` names, as ssh finds them."""
+        found: list[Path] = []
+        for pattern in patterns:
+            expanded = os.path.expanduser(pattern)
+            if not os.path.isabs(expanded):
+                base = self.path.parent if file != Path(SYSTEM_CONFIG) else file.parent
+                expanded = str(base / expanded)
+            found += [Path(inc) for inc in sorted(glob.glob(expanded))]
+        return found
 
     def _read(
         self, file: Path, alias: str, user: str | None, options: dict[str, list[str]], depth: int
@@ -169,13 +186,8 @@ class SSHConfig:
             elif not active:
                 continue
             elif key == "include":
-                for pattern in args:
-                    expanded = os.path.expanduser(pattern)
-                    if not os.path.isabs(expanded):
-                        base = self.path.parent if file != Path(SYSTEM_CONFIG) else file.parent
-                        expanded = str(base / expanded)
-                    for inc in sorted(glob.glob(expanded)):
-                        self._read(Path(inc), alias, user, options, depth + 1)
+                for inc in self._includes(file, args):
+                    self._read(inc, alias, user, options, depth + 1)
             elif not args:
                 raise ConfigError(f"ssh config {file}:{number}: {toks[0]} needs a value")
             elif key in _MULTI:

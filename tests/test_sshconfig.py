@@ -112,7 +112,7 @@ def test_bad_values_are_errors(tmp_path: Path) -> None:
 
 
 def test_hosts_lists_plain_aliases(config: SSHConfig) -> None:
-    assert config.hosts() == ["beast", "unicorn", "noproxy", "weird", "loop1", "loop2"]
+    assert config.hosts() == ["gate", "beast", "unicorn", "noproxy", "weird", "loop1", "loop2"]
 
 
 def test_keyword_equals_comments_match_and_tokens(tmp_path: Path) -> None:
@@ -142,3 +142,11 @@ def test_keyword_equals_comments_match_and_tokens(tmp_path: Path) -> None:
     # Match host sees the HostName set so far; gamma's comes after, so it is not matched here
     assert resolve_chain(Hop("10.9.0.5"), (), cfg)[0].user == "matched"
     assert not Path("/tmp/jt-should-not-run").exists()
+
+
+def test_hosts_follow_include(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "gpu").write_text("Host gpu7 gpu8\n  HostName 10.0.0.7\nHost *.x\n")
+    cfg = tmp_path / "config"
+    cfg.write_text("Host beast\n  HostName b\nInclude conf.d/*\nHost unicorn\n")
+    assert SSHConfig(str(cfg)).hosts() == ["beast", "gpu7", "gpu8", "unicorn"]
