@@ -93,6 +93,10 @@ def hop_allowed(hop: Hop, patterns: list[str] | None, config_hosts: list[str]) -
     return False
 
 
+#: failed opens kept to show why, per server
+MAX_FAILED = 20
+
+
 class TunnelService:
     """The tunnels of one Jupyter server, as the REST API sees them.
 
@@ -217,8 +221,14 @@ class TunnelService:
             claim = getattr(tunnel, "claim", None)
             if claim is not None:
                 claim()  # in the registry now: a name held elsewhere fails here, with 409
-            # a failed tunnel of the same name is replaced by the new attempt
+            # a failed tunnel of the same name is replaced by the new attempt, and only the
+            # latest failures are kept to be shown (a client cannot grow the list forever)
             self._mine = [t for t in self._mine if t.name != tunnel.name] + [tunnel]
+            failed = [t for t in self._mine if t.state is State.FAILED]
+            for old in failed[:max(0, len(failed) - MAX_FAILED)]:
+                self._mine.remove(old)
+            self._crashes = {k: v for k, v in self._crashes.items()
+                             if any(id(t) == k for t in self._mine)}
             # submitted under the lock, which _open takes first: it finds its future
             future = self._futures[id(tunnel)] = self._opener.submit(self._open, tunnel)
         return tunnel, future
