@@ -17,7 +17,7 @@ from traitlets.config import LoggingConfigurable
 
 from . import procinfo
 from .cleanup import cleanup
-from .errors import SpecError, TunnelError, TunnelNotFound
+from .errors import NotOwner, TunnelError, TunnelNotFound
 from .registry import Registry
 from .spec import TunnelSpec, check_name
 from .sshconfig import SSHConfig, resolve_chain
@@ -116,8 +116,11 @@ class TunnelManager(LoggingConfigurable):
         self._tunnels: dict[str, Tunnel] = {}
         self._lock = threading.Lock()
         self.registry = Registry(self.registry_dir or None)
-        ref = weakref.ref(self)
-        atexit.register(lambda: (m := ref()) is not None and m.close_all())
+        ref, pid = weakref.ref(self), os.getpid()
+        # at exit, close what this process opened (not in a forked child: its copies of
+        # the tunnels belong to the parent)
+        atexit.register(lambda: os.getpid() == pid and (m := ref()) is not None
+                        and m.close_all(timeout=3.0))
 
     def settings(self) -> Settings:
         """The engine settings from the traits."""
@@ -220,7 +223,7 @@ class TunnelManager(LoggingConfigurable):
             record["state"] = "closed"
             return record
         if record.get("owner") != "cli" or not _is_our_cli(pid):
-            raise SpecError(
+            raise NotOwner(
                 f"tunnel {name!r} belongs to a {record.get('owner')} process (pid {pid}); close it "
                 "there (the notebook or the JupyterLab panel that opened it)")
         with contextlib.suppress(ProcessLookupError):  # it may end on its own just now
@@ -244,14 +247,27 @@ class TunnelManager(LoggingConfigurable):
             self.log.info("cleanup: ended pid %s of tunnel %s", item["pid"], item["tunnel"])
         return report
 
-    def close_all(self) -> builtins.list[dict[str, Any]]:
-        """Close every tunnel this process owns."""
+    def close_all(self, timeout: float = 10.0) -> builtins.list[dict[str, Any]]:
+        """Close every tunnel this process owns, all at once (at exit time is short), and
+        remove the records it kept of tunnels that failed."""
         with self._lock:
             names = list(self._tunnels)
-        closed = []
-        for name in names:
+        closed: builtins.list[dict[str, Any]] = []
+
+        def close(name: str) -> None:
             with contextlib.suppress(TunnelError):
                 closed.append(self.close(name))
+
+        threads = [threading.Thread(target=close, args=(n,), daemon=True) for n in names]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        pid = os.getpid()
+        for record in self.registry.all():
+            if record.get("pid") == pid and record.get("state") == "failed":
+                self.registry.remove(record["name"], owner_pid=pid)
         return closed
 
     def tunnels(self) -> builtins.list[Tunnel]:

@@ -212,7 +212,11 @@ class Tunnel:
         (``beast``, ``beast-2``…) under the registry's lock."""
         if self.registry is None or self._claimed:
             return
-        self.name = self.registry.claim(self.to_dict(), rename=self.spec.name is None)
+        try:
+            self.name = self.registry.claim(self.to_dict(), rename=self.spec.name is None)
+        except TunnelError as exc:  # the name is taken: failed, and say so to the views
+            self._fail(exc)
+            raise
         self._claimed = True
 
     def open(self) -> None:
@@ -243,11 +247,16 @@ class Tunnel:
             wanted.insert(0, spec.local_port)
         for port in wanted:
             check_port_free(port)  # say so now, not after every hop
-        self._backend = backend = self._backend_factory(s.backend, s.hold_timeout)
-        self._set_state(State.CONNECTING)
+        backend = self._backend_factory(s.backend, s.hold_timeout)
+        with self._lock:  # close() may have come first: it could not cut what did not exist
+            if self.state in _TERMINAL:
+                backend.close()
+                raise TunnelError(f"tunnel {self.name} was closed while opening")
+            self._backend = backend
+        self._step(State.CONNECTING)
         backend.connect(self.chain, self._on_hop, s.connect_timeout, self._on_notice)
         if spec.jupyter:
-            self._set_state(State.DETECTING)
+            self._step(State.DETECTING)
             self.remote = self._find_remote()
             self.local_port = backend.forward_local(
                 spec.local_port, self.remote.forward_host, self.remote.port)
@@ -261,7 +270,12 @@ class Tunnel:
         if self.remote is not None and self.local_port is not None:
             detect.wait_ready(self.remote, self.local_port, self.chain[-1].alias,
                               s.ready_timeout)
-        self._set_state(State.READY)
+        self._step(State.READY)
+
+    def _step(self, state: State) -> None:
+        """Go on to the next state of the open, unless the tunnel was closed meanwhile."""
+        if not self._set_state(state):
+            raise TunnelError(f"tunnel {self.name} was closed while opening")
 
     def _on_notice(self, message: str) -> None:
         self.notices.append(message)
