@@ -140,6 +140,9 @@ def test_binder_start_and_demo_notebook_as_unprivileged_user(binder_user: User) 
 
     # the repository as Binder checks it out, and a fresh venv
     shutil.copytree(ROOT / "binder", home / "repo" / "binder")
+    # the package too: the checkout may sit in a folder the throwaway user cannot read
+    shutil.copytree(ROOT / "jupyter_tunnel", home / "repo" / "jupyter_tunnel",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     venv = home / "venv"
     env = {"HOME": str(home), "USER": user.name, "LOGNAME": user.name, "SHELL": "/bin/bash",
            "LANG": "C.UTF-8", "PATH": f"{venv}/bin:/usr/bin:/bin",
@@ -153,8 +156,17 @@ def test_binder_start_and_demo_notebook_as_unprivileged_user(binder_user: User) 
     packages = sysconfig.get_paths()["purelib"]
     site = as_user([f"{venv}/bin/python", "-c", "import sysconfig; "
                     "print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    # the project venv's packages, hard-linked (copied across file systems) into the
+    # user's home: the checkout and its venv may sit where that user cannot read
+    shared = home / "site-packages"
+    try:
+        shutil.copytree(packages, shared, copy_function=os.link,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    except OSError:
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.copytree(packages, shared, ignore=shutil.ignore_patterns("__pycache__"))
     pth = Path(site) / "_project_venv.pth"
-    pth.write_text(f"import site; site.addsitedir({packages!r})\n")
+    pth.write_text(f"{home / 'repo'}\nimport site; site.addsitedir({str(shared)!r})\n")
     os.chown(pth, user.uid, user.gid)
     where = as_user(["python", "-c", "import jupyter_tunnel, sys; print(sys.prefix)"])
     assert where.stdout.strip() == str(venv), where.stderr
