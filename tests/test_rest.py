@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import port_is_free
+from test_open import api_status
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
 from jupyter_tunnel import errors
@@ -123,18 +122,6 @@ async def until(jp_fetch: Any, name: str, states: set[str], timeout: float = 40)
             return dict(data)
         await asyncio.sleep(0.2)
     pytest.fail(f"tunnel {name} did not reach {states} within {timeout} s; states seen: {seen}")
-
-
-def api_status(url: str) -> int:
-    """GET api/status through a tunnel's URL with its token, as a browser tab would."""
-    parts = urllib.parse.urlsplit(url)
-    token = urllib.parse.parse_qs(parts.query)["token"][0]
-    base = parts.path.rsplit("lab", 1)[0]
-    request = urllib.request.Request(f"{parts.scheme}://{parts.netloc}{base}api/status",
-                                     headers={"Authorization": f"token {token}"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=10) as response:
-        return int(response.status)
 
 
 async def status_through(url: str) -> int:
