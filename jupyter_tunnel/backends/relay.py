@@ -32,6 +32,11 @@ class Counters:
         with self.lock:
             self.connections -= 1
 
+    def add(self, counter: str, n: int) -> None:
+        """Add ``n`` bytes to ``bytes_in`` or ``bytes_out``."""
+        with self.lock:
+            setattr(self, counter, getattr(self, counter) + n)
+
     def snapshot(self) -> dict[str, int]:
         """The counters now."""
         with self.lock:
@@ -49,6 +54,8 @@ def relay(sock: socket.socket, chan: Any, counters: Counters, *, inbound: bool =
     ``inbound``: bytes read from the channel count as ``bytes_in`` (local forwards); for
     reverse forwards the channel carries what this machine sends out.
     """
+    # what the local side sends goes out through a local forward, in through a reverse one
+    sent, received = ("bytes_out", "bytes_in") if inbound else ("bytes_in", "bytes_out")
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "local")
     sel.register(chan, selectors.EVENT_READ, "remote")
@@ -60,11 +67,7 @@ def relay(sock: socket.socket, chan: Any, counters: Counters, *, inbound: bool =
                     data = sock.recv(_CHUNK)
                     if data:
                         chan.sendall(data)
-                        with counters.lock:
-                            if inbound:
-                                counters.bytes_out += len(data)
-                            else:
-                                counters.bytes_in += len(data)
+                        counters.add(sent, len(data))
                     else:
                         sel.unregister(sock)
                         open_sides -= 1
@@ -73,11 +76,7 @@ def relay(sock: socket.socket, chan: Any, counters: Counters, *, inbound: bool =
                     data = chan.recv(_CHUNK)
                     if data:
                         sock.sendall(data)
-                        with counters.lock:
-                            if inbound:
-                                counters.bytes_in += len(data)
-                            else:
-                                counters.bytes_out += len(data)
+                        counters.add(received, len(data))
                     else:
                         sel.unregister(chan)
                         open_sides -= 1
