@@ -1,7 +1,10 @@
 """A chain of paramiko SSH transports, each next hop riding a channel of the previous.
 
 Host keys are checked on every hop (``hostkeys.verify``) before any
-authentication is attempted; failures become typed errors naming the hop.
+authentication is attempted; failures become typed errors naming the hop.  Every
+transport, the first hop's and those riding channels, is made by
+:func:`tuning.new_transport`: our channel buffers, event pipes and log channel apply to
+them only, never to other paramiko users of the process.
 """
 
 from __future__ import annotations
@@ -15,57 +18,14 @@ import time
 from typing import Any
 
 import paramiko
-import paramiko.pipe
 
 from .. import hostkeys
 from ..errors import AuthError, ForwardingRefused, HopTimeout, HopUnreachable
 from ..sshconfig import ResolvedHop
+from . import tuning
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 
 log = logging.getLogger("jupyter_tunnel")
-# paramiko's transport threads log failures we report ourselves as typed errors; without a
-# handler, Python's last-resort handler would print them as tracebacks on stderr
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
-
-
-class _LockedPipe(paramiko.pipe.PosixPipe):  # type: ignore[misc]
-    """paramiko's event pipe with set/clear/close serialised.
-
-    Without this a forwarding thread's ``Channel.close()`` can close the pipe
-    while the transport thread writes to it; the EBADF/EPIPE kills the transport
-    and every forward with it (paramiko issues 1157, 2271).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.RLock()
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                super().close()
-
-    def clear(self) -> None:
-        with self._lock:
-            if not self._closed:
-                super().clear()
-
-    def set(self) -> None:
-        with self._lock:
-            if not self._closed:
-                super().set()
-
-    def set_forever(self) -> None:
-        with self._lock:
-            super().set_forever()
-
-
-def _install_pipe_fix() -> None:
-    if os.name == "posix" and paramiko.pipe.make_pipe is not _LockedPipe:
-        paramiko.pipe.make_pipe = _LockedPipe
-
-
-_install_pipe_fix()
 
 
 def _load_identities(hop: ResolvedHop, agent: Any) -> tuple[list[tuple[str, Any]], list[str]]:
@@ -251,7 +211,7 @@ class HopChain:
 
     def _handshake(self, hop: ResolvedHop, sock: Any, timeout: float) -> paramiko.Transport:
         t = hop.connect_timeout or timeout
-        transport = paramiko.Transport(sock)
+        transport = tuning.new_transport(sock)
         transport.banner_timeout = t
         transport.handshake_timeout = t
         known = hostkeys.preferred_types(hop)

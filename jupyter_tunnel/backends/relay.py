@@ -5,51 +5,40 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import threading
+import struct
 from typing import Any
 
+import paramiko
+
+from .counters import Counters
+from .tuning import forget_old_channels
+
+__all__ = ["Counters", "relay", "reset"]  # Counters: from .counters, re-exported for now
+
 _CHUNK = 65536
+#: seconds between checks whether a channel that sent its EOF has been closed since
+_CLOSED_POLL = 1.0
+#: what a channel's methods raise when the channel or its SSH connection is gone
+_CHANNEL_ERRORS = (EOFError, OSError, paramiko.SSHException)
+#: SO_LINGER on, 0 seconds: close() sends a RST instead of a FIN
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-class Counters:
-    """Traffic counters shared by the relay threads of one backend."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.connections = 0
-        self.connections_total = 0
-
-    def opened(self) -> None:
-        """Count a connection that starts relaying."""
-        with self.lock:
-            self.connections += 1
-            self.connections_total += 1
-
-    def ended(self) -> None:
-        """Count a connection that stopped relaying."""
-        with self.lock:
-            self.connections -= 1
-
-    def add(self, counter: str, n: int) -> None:
-        """Add ``n`` bytes to ``bytes_in`` or ``bytes_out``."""
-        with self.lock:
-            setattr(self, counter, getattr(self, counter) + n)
-
-    def snapshot(self) -> dict[str, int]:
-        """The counters now."""
-        with self.lock:
-            return {
-                "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out,
-                "connections": self.connections,
-                "connections_total": self.connections_total,
-            }
+def reset(sock: socket.socket) -> None:
+    """Make the next ``close()`` of ``sock`` abort the connection (RST, not FIN)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 def relay(sock: socket.socket, chan: Any, counters: Counters, *, inbound: bool = True) -> None:
     """Copy both ways until both sides are done; EOF on one side is passed on as a half-close.
+
+    If the channel ends without an EOF (the remote sent CLOSE alone, the SSH connection
+    died, or the backend closed it) or its methods fail, the local socket is reset and
+    closed at once: its peer sees the connection aborted, not a clean end (a truncated
+    download must not look complete).  A channel closed after its EOF ends the relay too
+    (nothing sent locally could go anywhere; OpenSSH closes the local socket then as
+    well).  Errors of the local socket are raised; the caller closes both.
 
     ``inbound``: bytes read from the channel count as ``bytes_in`` (local forwards); for
     reverse forwards the channel carries what this machine sends out.
@@ -59,28 +48,49 @@ def relay(sock: socket.socket, chan: Any, counters: Counters, *, inbound: bool =
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "local")
     sel.register(chan, selectors.EVENT_READ, "remote")
-    open_sides = 2
+    local_open = remote_open = True
+    aborted = False
     try:
-        while open_sides:
-            for key, _ in sel.select():
+        while (local_open or remote_open) and not aborted:
+            # after the remote's EOF its channel stays readable: poll for its close instead
+            for key, _ in sel.select(None if remote_open else _CLOSED_POLL):
                 if key.data == "local":
                     data = sock.recv(_CHUNK)
+                    try:
+                        if data:
+                            chan.sendall(data)
+                        else:
+                            chan.shutdown_write()
+                    except _CHANNEL_ERRORS:
+                        aborted = True  # the channel or the SSH connection is gone
+                        break
                     if data:
-                        chan.sendall(data)
                         counters.add(sent, len(data))
                     else:
                         sel.unregister(sock)
-                        open_sides -= 1
-                        chan.shutdown_write()
+                        local_open = False
                 else:
-                    data = chan.recv(_CHUNK)
+                    try:
+                        data = chan.recv(_CHUNK)  # also sends window adjustments
+                    except _CHANNEL_ERRORS:
+                        aborted = True
+                        break
                     if data:
                         sock.sendall(data)
                         counters.add(received, len(data))
+                    elif not chan.eof_received:
+                        aborted = True  # closed without EOF: whatever was coming is lost
+                        break
                     else:
                         sel.unregister(chan)
-                        open_sides -= 1
+                        remote_open = False
                         with contextlib.suppress(OSError):
                             sock.shutdown(socket.SHUT_WR)
+            if not remote_open and chan.closed:
+                break  # closed after its EOF
     finally:
         sel.close()
+        if aborted:
+            reset(sock)
+            sock.close()
+        forget_old_channels(chan.get_transport())

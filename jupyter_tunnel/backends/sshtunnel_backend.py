@@ -6,7 +6,10 @@ them).  Each listener is bound to 127.0.0.1 with a backlog of 128 and outlives t
 SSH connection: after a loss, :meth:`SSHTunnelBackend.connect` builds a new chain and
 the same listeners carry on; a connection arriving meanwhile waits for it (up to
 ``hold_timeout``) instead of being refused.  Connections are relayed by our own
-loop (:mod:`.relay`): no polling, TCP_NODELAY, half-close passed through.
+loop (:mod:`.relay`): no polling, TCP_NODELAY, half-close passed through.  The backend
+keeps track of the connections being relayed: when the SSH connection is dropped
+(``disconnect``, ``close``) none is left behind, and their local ends are reset, not
+ended cleanly (what was coming through them is lost).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,19 +28,37 @@ import sshtunnel
 
 from ..errors import HopUnreachable, PortInUse, RemotePortRefused, TunnelError
 from ..sshconfig import ResolvedHop
+from . import tuning
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
-from .relay import Counters, relay
+from .counters import Counters
+from .relay import relay, reset
 
 log = logging.getLogger("jupyter_tunnel")
+# sshtunnel's own messages (we raise typed errors instead): silenced, once
+_sshtunnel_log = logging.getLogger("jupyter_tunnel.sshtunnel")
+_sshtunnel_log.addHandler(logging.NullHandler())
+_sshtunnel_log.propagate = False
+
+#: seconds a relay gets to end by itself once its channel closed, before it is aborted
+RELAY_GRACE = 0.5
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Route:
-    """Where a local listener's connections go, as the last hop sees it (may change)."""
+    """Where a local listener's connections go, as the last hop sees it."""
 
     host: str
     port: int
+
+
+class _Target:
+    """A listener's current route: :meth:`SSHTunnelBackend.retarget` swaps in a new
+    :class:`_Route` whole, so a connection never sees the host of one and the port of
+    another."""
+
+    def __init__(self, route: _Route) -> None:
+        self.route = route
 
 
 @dataclass
@@ -51,28 +73,19 @@ class _Reverse:
 
 class _Handler(sshtunnel._ForwardHandler):  # type: ignore[misc]
     backend: SSHTunnelBackend
-    route: _Route
+    target: _Target
 
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        counters = self.backend.counters
+        route = self.target.route
         try:
-            chan = self.backend.open_channel((self.route.host, self.route.port),
-                                             sock.getpeername())
+            chan = self.backend.open_channel((route.host, route.port), sock.getpeername())
         except (TunnelError, paramiko.SSHException, EOFError, OSError) as exc:
-            log.debug("forward to %s:%s refused: %s", self.route.host, self.route.port, exc)
+            log.debug("forward to %s:%s refused: %s", route.host, route.port, exc)
             sock.close()
             return
-        counters.opened()
-        try:
-            relay(sock, chan, counters)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            log.debug("connection to %s:%s ended: %s", self.route.host, self.route.port, exc)
-        finally:
-            counters.ended()
-            chan.close()
-            sock.close()
+        self.backend._relay(sock, chan, True, f"connection to {route.host}:{route.port}")
 
 
 class _Server(sshtunnel._ThreadingForwardServer):  # type: ignore[misc]
@@ -89,7 +102,7 @@ class _Server(sshtunnel._ThreadingForwardServer):  # type: ignore[misc]
 
 class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
     backend: SSHTunnelBackend
-    route: _Route
+    target: _Target
 
     def _connect_to_gateway(self) -> None:
         # sshtunnel would log in on its own, straight to the host and with no host key
@@ -105,7 +118,7 @@ class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
             logger = self.logger
 
         Handler.backend = self.backend
-        Handler.route = self.route
+        Handler.target = self.target
         return Handler
 
     def _make_ssh_forward_server_class(self, remote_address_: tuple[str, int]) -> type:
@@ -124,7 +137,10 @@ class SSHTunnelBackend:
         self._cond = threading.Condition()
         self._closed = False
         self._forwarders: list[_Forwarder] = []
-        self._routes: dict[int, _Route] = {}
+        self._targets: dict[int, _Target] = {}
+        #: connections being relayed now: (local socket, channel), under _relays_cond
+        self._relays: dict[int, tuple[socket.socket, Any]] = {}
+        self._relays_cond = threading.Condition()
         self._reverse: dict[int, _Reverse] = {}
         #: which chain holds each remote forward now (asked for again after a reconnect)
         self._granted: dict[int, HopChain] = {}
@@ -140,7 +156,7 @@ class SSHTunnelBackend:
                 raise HopUnreachable("the tunnel was closed")
             old, self.chain, self._connecting = self.chain, None, attempt
         if old is not None:
-            old.close()
+            self._drop(old)
         try:
             attempt.connect(chain, progress, timeout, notice)
         finally:
@@ -158,7 +174,13 @@ class SSHTunnelBackend:
         with self._cond:
             old, self.chain = self.chain, None
         if old is not None:
-            old.close()
+            self._drop(old)
+
+    def _drop(self, chain: HopChain) -> None:
+        """Close ``chain``, then end what was being relayed through it."""
+        transports = set(chain.transports)
+        chain.close()
+        self._end_relays(transports)
 
     def _live_chain(self) -> HopChain:
         chain = self.chain
@@ -197,6 +219,7 @@ class SSHTunnelBackend:
                 timeout = max(1.0, min(10.0, deadline - time.monotonic()))
                 return transport.open_channel("direct-tcpip", address, origin, timeout=timeout)
             except (paramiko.SSHException, EOFError, OSError):
+                tuning.forget_old_channels(transport)  # a refused open leaves its id behind
                 # refused by the server: give up; the connection lost meanwhile: hold on
                 if (self.chain is chain and chain.alive()) or time.monotonic() >= deadline:
                     raise
@@ -206,9 +229,6 @@ class SSHTunnelBackend:
         """Forward 127.0.0.1:local_port to remote_host:remote_port as the last hop sees it."""
         chain = self._live_chain()
         hop = chain.hops[-1]
-        logger = logging.getLogger("jupyter_tunnel.sshtunnel")
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
         fwd = _Forwarder(
             (hop.hostname, hop.port),
             ssh_config_file=None,
@@ -219,11 +239,11 @@ class SSHTunnelBackend:
             local_bind_address=("127.0.0.1", local_port),
             remote_bind_address=(remote_host, remote_port),
             mute_exceptions=False,
-            logger=logger,
+            logger=_sshtunnel_log,
             set_keepalive=0,
         )
         fwd.backend = self
-        fwd.route = route = _Route(remote_host, remote_port)
+        fwd.target = target = _Target(_Route(remote_host, remote_port))
         fwd._transport = chain.transports[-1]  # connected already: sshtunnel skips its login
         try:
             fwd.start()
@@ -240,7 +260,7 @@ class SSHTunnelBackend:
             closed = self._closed
             if not closed:
                 self._forwarders.append(fwd)
-                self._routes[port] = route
+                self._targets[port] = target
         if closed:  # close() ran meanwhile: it did not see this listener
             for srv in fwd._server_list:
                 with contextlib.suppress(Exception):
@@ -251,8 +271,7 @@ class SSHTunnelBackend:
 
     def retarget(self, local_port: int, remote_host: str, remote_port: int) -> None:
         """Send new connections of the listener on ``local_port`` to another address."""
-        route = self._routes[local_port]
-        route.host, route.port = remote_host, remote_port
+        self._targets[local_port].route = _Route(remote_host, remote_port)
 
     def forward_remote(self, remote_port: int, local_host: str, local_port: int,
                        bind: str = "127.0.0.1") -> int:
@@ -319,15 +338,53 @@ class SSHTunnelBackend:
             return
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._relay(sock, chan, False, f"reverse connection to {reverse.host}:{reverse.to_port}")
+
+    # relaying -----------------------------------------------------------------
+    def _relay(self, sock: socket.socket, chan: Any, inbound: bool, what: str) -> None:
+        """Relay one connection (:func:`relay`), counted and tracked; close both ends."""
+        key = id(sock)
+        with self._relays_cond:
+            self._relays[key] = (sock, chan)
         self.counters.opened()
         try:
-            relay(sock, chan, self.counters, inbound=False)
+            relay(sock, chan, self.counters, inbound=inbound)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            log.debug("reverse connection to %s:%s ended: %s", reverse.host, reverse.to_port, exc)
+            log.debug("%s ended: %s", what, exc)
         finally:
             self.counters.ended()
-            chan.close()
-            sock.close()
+            with contextlib.suppress(Exception):  # sending CLOSE on a dying connection
+                chan.close()
+            with self._relays_cond:  # not while _end_relays shuts it down
+                sock.close()
+                del self._relays[key]
+                self._relays_cond.notify_all()
+
+    def relaying(self) -> int:
+        """How many connections are being relayed now."""
+        with self._relays_cond:
+            return len(self._relays)
+
+    def _end_relays(self, transports: Iterable[Any] | None,
+                    grace: float = RELAY_GRACE) -> None:
+        """End the relays whose channels ride ``transports`` (None: all), once those are
+        closed.  A relay notices its channel closing and resets its local end by itself;
+        one still there after ``grace`` seconds is stuck writing to a local client that
+        does not read: its socket is reset and shut down, which fails that write."""
+        riding = None if transports is None else set(transports)
+        deadline = time.monotonic() + grace
+        with self._relays_cond:
+            while True:
+                stuck = [sock for sock, chan in self._relays.values()
+                         if riding is None or chan.get_transport() in riding]
+                remaining = deadline - time.monotonic()
+                if not stuck or remaining <= 0:
+                    break
+                self._relays_cond.wait(remaining)
+            for sock in stuck:
+                reset(sock)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     # state --------------------------------------------------------------------
     def alive(self) -> bool:
@@ -349,7 +406,7 @@ class SSHTunnelBackend:
         return []
 
     def close(self) -> None:
-        """Stop the listeners, then close the hops last first; idempotent."""
+        """Stop the listeners, close the hops last first, end the relays; idempotent."""
         with self._cond:
             self._closed = True
             forwarders, self._forwarders = self._forwarders, []
@@ -364,6 +421,7 @@ class SSHTunnelBackend:
         for chain in chains:
             if chain is not None:
                 chain.close()
+        self._end_relays(None)
 
 
 def _detach(fwd: _Forwarder) -> None:
