@@ -34,6 +34,20 @@ def _end(pid: int, started: int, argv: list[str], timeout: float) -> bool:
     return True
 
 
+def _shared_with(child: dict[str, Any], record: dict[str, Any]) -> list[int]:
+    """The live processes, other than the record's owner, whose tunnels use the process
+    ``child`` (an OpenSSH master shared through its users folder)."""
+    folder = child.get("shared")
+    if not isinstance(folder, str):
+        return []
+    from pathlib import Path
+
+    from .backends.openssh_master import live_users
+
+    owner = record.get("pid") if isinstance(record.get("pid"), int) else None
+    return sorted(set(live_users(Path(folder), but_pid=owner).values()))
+
+
 def _record_ports(record: dict[str, Any]) -> list[int]:
     found = [record.get("local_port")]
     found += [f.get("local_port") for f in record.get("forwards") or [] if isinstance(f, dict)]
@@ -63,6 +77,13 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
             except (KeyError, TypeError, ValueError):
                 continue
             command = " ".join(argv)
+            users = _shared_with(child, record)
+            if users:
+                left.append({"tunnel": name, "pid": pid, "command": command,
+                             "why": f"its ssh connection is shared with the tunnels of "
+                                    f"process(es) {', '.join(map(str, users))}; it ends when "
+                                    "the last of them closes"})
+                continue
             if _end(pid, started, argv, timeout):
                 ended.append({"tunnel": name, "pid": pid, "command": command})
             elif procinfo.is_alive(pid, None):

@@ -92,11 +92,19 @@ class TunnelManager(LoggingConfigurable):
     ).tag(config=True)
 
     backend = Enum(
-        ["auto", "sshtunnel"],
+        ["auto", "openssh", "sshtunnel"],
         "auto",
-        help="How SSH is spoken: 'sshtunnel' (in process, paramiko and sshtunnel; the only one "
-        "so far) or 'auto'.",
+        help="How SSH is spoken. 'openssh': the system ssh client carries the tunnel (one "
+        "ControlMaster per chain of hops, shared by every tunnel to the same hosts, so a second "
+        "tunnel needs no new login; the data moves in ssh, as fast as ssh -J -L). 'sshtunnel': "
+        "in process with paramiko and sshtunnel (nothing to install). 'auto': openssh when an "
+        "ssh client is on the PATH, else sshtunnel (see the README's Performance section). "
+        "The default comes from the environment variable JUPYTER_TUNNEL_BACKEND when set.",
     ).tag(config=True)
+
+    @default("backend")
+    def _default_backend(self) -> str:
+        return os.environ.get("JUPYTER_TUNNEL_BACKEND") or "auto"
 
     registry_dir = Unicode(
         "",

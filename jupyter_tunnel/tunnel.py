@@ -247,7 +247,9 @@ class Tunnel:
             wanted.insert(0, spec.local_port)
         for port in wanted:
             check_port_free(port)  # say so now, not after every hop
-        backend = self._backend_factory(s.backend, s.hold_timeout)
+        backend = self._backend_factory(
+            s.backend, s.hold_timeout, keepalive_interval=s.keepalive_interval,
+            keepalive_count_max=s.keepalive_count_max)
         with self._lock:  # close() may have come first: it could not cut what did not exist
             if self.state in _TERMINAL:
                 backend.close()

@@ -22,6 +22,17 @@ import pytest
 from jupyter_tunnel.sandbox import SSHD, Sandbox
 
 REQUIRE_NETWORK = os.environ.get("JT_REQUIRE_NETWORK") == "1"
+#: the backend of every tunnel the tests open, in process or through the CLI (its child
+#: processes inherit the variable): .ci/test runs the network tests once per backend
+BACKEND = os.environ.get("JUPYTER_TUNNEL_BACKEND") or "auto"
+
+
+def pytest_report_header() -> str:
+    from jupyter_tunnel.backends import BACKENDS, resolve_name
+
+    if BACKEND not in BACKENDS:
+        raise pytest.UsageError(f"JUPYTER_TUNNEL_BACKEND={BACKEND}: choose one of {BACKENDS}")
+    return f"jupyter_tunnel backend: {resolve_name(BACKEND)} (JUPYTER_TUNNEL_BACKEND={BACKEND})"
 
 
 def need(reason: str) -> None:
