@@ -1,0 +1,136 @@
+"""Does a tunnel's memory grow while connections open and close for a long time?
+
+    .venv/bin/python benchmarks/soak.py [--seconds 600] [--json FILE]
+
+Builds the test network, opens one tunnel per jupyter_tunnel backend (both at once, in
+processes of their own), and until the time is up drives each with rounds of 50
+concurrent 1 MiB fetches, 100 requests on new connections and an 8 MiB download.  The
+memory of each tunnel's forwarding processes (RSS and PSS) is sampled after every round;
+the summary gives the first RSS sample, the last, the highest, and the growth over the
+second half (a leak keeps growing there, an allocator's high-water mark does not), and
+the errors (exit 1 when there were any).  The JSON has the metadata of run.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from meta import meta  # noqa: E402
+from procs import Procs, pss_mb, rss_mb  # noqa: E402
+from run import _each, _exit_on_signal  # noqa: E402
+
+from jupyter_tunnel.sandbox import Sandbox  # noqa: E402
+
+
+def client(*args: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, str(HERE / "client.py"), *args],
+                            capture_output=True, text=True, timeout=300, check=True)
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def drive(info: dict[str, Any], token: str, until: float, state: dict[str, Any]) -> None:
+    """Rounds of traffic until the time is up; a sample (seconds, RSS, PSS) after each.
+    Errors are counted in state; an exception ends the thread and is kept there."""
+    url = f"http://127.0.0.1:{info['local_port']}/"
+    start = time.monotonic()
+    pids = info["pids"]
+    try:
+        while time.monotonic() < until:
+            con = client("concurrent", url + "files/soak-1m.bin", token, "50", str(1 << 20))
+            seq = client("sequential", url + "api/status", token, "100")
+            client("down", "127.0.0.1", str(info["forward_port"]), str(8 << 20), "1")
+            state["errors"] += con["errors"] + seq["errors"]
+            state["connections"] += 50 + 100 + 1
+            state["samples"].append((time.monotonic() - start, rss_mb(pids), pss_mb(pids)))
+    except Exception as exc:  # reported in the summary, fails the run
+        state["exception"] = f"{type(exc).__name__}: {exc}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    started, load_before = time.time(), os.getloadavg()
+    bench = SimpleNamespace(runtime=Path(tempfile.mkdtemp(prefix="jt-soak-")), baseline=None)
+    bench.net = Sandbox(prefix="jtsoak" + secrets.token_hex(2))
+    procs = Procs(bench)
+    server: subprocess.Popen[str] | None = None
+
+    def stop_server() -> None:
+        if server is not None:
+            server.kill()
+            server.wait()
+
+    finished = False
+    try:
+        bench.net.start()
+        (bench.net.home("beast") / "soak-1m.bin").write_bytes(os.urandom(1 << 20))
+        server = bench.net.popen_in("beast", [sys.executable, str(HERE / "server.py")],
+                                    stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and bench.net.jupyter is not None
+        port = int(server.stdout.readline())
+        until = time.monotonic() + args.seconds
+        states: dict[str, dict[str, Any]] = {}
+        threads = []
+        for contender in ("jt-openssh", "jt-sshtunnel"):
+            info = procs.open(contender, count=1, forward=port)
+            procs.check_own_ssh(info)
+            states[contender] = {"errors": 0, "connections": 0, "exception": None,
+                                 "samples": [(0.0, rss_mb(info["pids"]), pss_mb(info["pids"]))]}
+            threads.append(threading.Thread(target=drive, args=(
+                info, bench.net.jupyter.token, until, states[contender])))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        finished = True
+    finally:
+        _each(procs.close_all, stop_server, bench.net.stop,
+              lambda: shutil.rmtree(bench.runtime, ignore_errors=True),
+              report=None if finished else lambda text: print(text, file=sys.stderr))
+    summary = {}
+    for contender, state in states.items():
+        samples = state["samples"]
+        rss = [r for _, r, _ in samples]
+        half = [(r, p) for t, r, p in samples if t >= args.seconds / 2] or [samples[-1][1:]]
+        summary[contender] = {
+            "rounds": len(rss) - 1, "connections": state["connections"],
+            "errors": state["errors"], "exception": state["exception"],
+            "first_mb": rss[0], "last_mb": rss[-1], "max_mb": max(rss),
+            "second_half_growth_mb": half[-1][0] - half[0][0],
+            "second_half_growth_pss_mb": half[-1][1] - half[0][1]}
+        print(f"{contender}: {summary[contender]}")
+    if args.json:
+        info_meta = meta(started, load_before, {"seconds": args.seconds},
+                         list(states), None, {"prefix": bench.net.prefix})
+        Path(args.json).write_text(json.dumps(
+            {"meta": info_meta, "summary": summary,
+             "samples": {c: s["samples"] for c, s in states.items()}}, indent=1))
+    bad = [c for c, s in summary.items() if s["errors"] or s["exception"]]
+    if bad:
+        sys.exit(f"FAILED: errors or an exception in {', '.join(bad)} (see above)")
+
+
+if __name__ == "__main__":
+    main()
