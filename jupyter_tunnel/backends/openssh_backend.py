@@ -116,7 +116,8 @@ class OpenSSHBackend:
                 try:
                     launch.run(progress, timeout, notice)
                 except BaseException:
-                    files.forget()
+                    if not om.live_users(files.users):  # never others' registrations
+                        files.forget()
                     raise
                 finally:
                     with self._lock:
@@ -227,6 +228,8 @@ class OpenSSHBackend:
         except subprocess.TimeoutExpired:
             raise HopTimeout(f"a command on {hop.label} did not finish within {timeout:g} s",
                              hop=hop.alias) from None
+        except OSError as exc:
+            raise om.unreachable(hop, f"cannot run ssh: {exc}") from None
         out, err = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
         if result.returncode == 255 and ("Control socket" in err or master.gone or
                                          not master.files.socket.exists() or
@@ -281,11 +284,12 @@ class OpenSSHBackend:
         hop = master.chain[-1]
         where = f"{om._bracket(reverse.bind)}:{reverse.port}"
         spec = f"{where}:{om._bracket(reverse.host)}:{reverse.to_port}"
-        if reverse.port:
+        if reverse.port or spec in master.files.remote_of_others(self._user):
             # the master would grant a port it already forwards for another tunnel (and
             # cancel it for both when that one leaves); sshd refuses it to a second login
             holder = next((pid for held, pid in master.files.remote_of_others(self._user).items()
-                           if held.startswith(f"{where}:")), None)
+                           if held.startswith(f"{where}:") if reverse.port or held == spec),
+                          None)
             if holder is not None:
                 raise RemotePortRefused(
                     f"{hop.label} already listens on {where} for another tunnel (process "
@@ -296,7 +300,8 @@ class OpenSSHBackend:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise om.unreachable(hop, str(exc)) from None
         if result.returncode != 0:
-            if master.gone or "Control socket" in result.stderr:
+            if master.gone or "Control socket" in result.stderr or \
+                    not master.files.socket.exists() or om.check(master.files, hop.alias) is None:
                 raise HopUnreachable(f"lost {hop.label} while asking it to listen on port "
                                      f"{reverse.port}", hop=hop.alias)
             where = f"{reverse.bind}:{reverse.port}" if reverse.port else reverse.bind

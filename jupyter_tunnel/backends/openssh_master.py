@@ -131,7 +131,10 @@ class MasterFiles:
         """Hold this master's lock (between processes and threads).  Raise
         :class:`HopTimeout` if another holds it ``timeout`` seconds (a login under way
         through slow hops takes a while), :class:`HopUnreachable` once ``cancelled()``."""
-        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:  # the control folder was removed, or cannot be written
+            raise HopUnreachable(f"cannot use {self.lock}: {exc}") from None
         try:
             deadline = time.monotonic() + timeout
             while True:
