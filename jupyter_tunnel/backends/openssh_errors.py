@@ -190,9 +190,11 @@ def loss(lines: list[str], chain: list[ResolvedHop], keepalive: dict[str, tuple[
                 every, count = keepalive.get(hop.alias, (0, 0))
                 return hop, (f"{hop.label} stopped answering: {count} keepalive(s) sent "
                              f"{every} s apart got no reply"), True
-        elif named is None and (match := _LOST.match(line)):
+        elif match := _LOST.match(line):
             port = int(match.group(3)) if match.group(3) else None
             hop = find_hop(chain, match.group(1) or match.group(2), port)
-            if hop is not None:
+            # a lost jump host takes the hops behind it along: name the first hop lost,
+            # whichever ssh process said so first
+            if hop is not None and (named is None or chain.index(hop) < chain.index(named[0])):
                 named = hop, f"the connection to {hop.label} was closed", False
     return named
