@@ -44,6 +44,7 @@ SSHD = "/usr/sbin/sshd"
 NET_RANGE = "10.213.0.0/16"
 ROUTE_PROTO = "213"  # marks the unreachable route as made by a sandbox
 SESSION_PATH = "/usr/local/bin:/usr/bin:/bin"
+DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MARKER = "JT_SANDBOX"  # in the env of all sessions and servers: stop() ends those left
 HOSTS = ("unicorn", "beast")
 
@@ -336,6 +337,16 @@ class Sandbox:
         ns = self.hosts[name].netns
         return ["ip", "netns", "exec", ns] if ns else []
 
+    def _daemon_env(self) -> dict[str, str]:
+        """The environment of the sandbox's sshd: its own, never the caller's.
+
+        sshd hands its environment to each per-connection child it re-executes, which shows
+        it in /proc/PID/environ until its first setproctitle: with the caller's environment,
+        a test's checks for processes carrying its private JUPYTER_RUNTIME_DIR would race
+        with the sandbox's own sshd.
+        """
+        return {"PATH": DAEMON_PATH, "LANG": "C.UTF-8", MARKER: str(self.dir)}
+
     def env_for(self, name: str) -> dict[str, str]:
         """The environment a process on host name sees (as in an ssh session)."""
         pw = pwd.getpwuid(os.getuid())
@@ -373,12 +384,11 @@ class Sandbox:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         logfile = self.dir / name / "sshd.log"
         mark = logfile.stat().st_size if logfile.exists() else 0
-        env = {**os.environ, MARKER: str(self.dir)}
         with open(logfile, "ab") as err:
             host._proc = subprocess.Popen(
                 [*self._ns_argv(name), SSHD, "-D", "-e", "-f", str(host.sshd_config)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                env=self._daemon_env(), start_new_session=True,
             )  # fmt: skip
         end = time.monotonic() + 10
         while time.monotonic() < end:

@@ -20,25 +20,44 @@ pytestmark = pytest.mark.network
 
 
 def processes_of(runtime_dir: Path) -> list[int]:
-    """Processes started for this test (they inherit its private JUPYTER_RUNTIME_DIR)."""
+    """Processes started for this test: they inherit its private JUPYTER_RUNTIME_DIR (the
+    sandbox's own processes never do: they run in an environment of their own), or name a
+    path in it on their command line (as a process that wrote its title over its
+    environment would, like an ssh master named after its control socket)."""
     mark = f"JUPYTER_RUNTIME_DIR={runtime_dir}".encode()
+    path = str(runtime_dir).encode()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if mark in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            args = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        if mark in environ or any(a == path or path + b"/" in a for a in args):
+            found.append(int(proc.name))
     return found
+
+
+def describe(pids: list[int]) -> str:
+    """pid and command line of each process, for an assertion's message."""
+    lines = []
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = "(gone)"
+        lines.append(f"pid {pid}: {cmd.strip()}")
+    return "; ".join(lines)
 
 
 def assert_left_nothing(runtime_dir: Path, port: int | None = None) -> None:
     """No registry entry, no process of ours, and the port (if any) free."""
     folder = runtime_dir / "jupyter_tunnel"
     assert not folder.exists() or not list(folder.glob("*.json"))
-    assert processes_of(runtime_dir) == []
+    left = processes_of(runtime_dir)
+    assert left == [], f"left running: {describe(left)}"
     if port is not None:
         assert port_is_free(port)
 
@@ -184,6 +203,27 @@ def test_hop_down(cli: CLI, net: Sandbox, runtime_dir: Path, down: str,
         net.start_sshd(down)
     failed(result, *words)
     assert_left_nothing(runtime_dir)
+
+
+def test_leak_check_sees_what_is_left_running(cli: CLI, net: Sandbox,
+                                             runtime_dir: Path) -> None:
+    """assert_left_nothing can fail: an ssh that the CLI would leave behind, and a tunnel
+    left open (its process and, with the openssh backend, its ssh processes)."""
+    ssh = subprocess.Popen(net.ssh_argv("unicorn", "-N"), stdin=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with pytest.raises(AssertionError, match=rf"pid {ssh.pid}: ssh -F "):
+            assert_left_nothing(runtime_dir)
+    finally:
+        ssh.kill()
+        ssh.wait()
+    info = cli.json("open", "beast", "--via", "unicorn", "--detach")
+    try:
+        expected = {info["pid"], *(c["pid"] for c in info.get("children", []))}
+        assert expected <= set(processes_of(runtime_dir))
+    finally:
+        assert cli.run("close", "--all").returncode == 0
+    assert_left_nothing(runtime_dir, info["local_port"])
 
 
 def test_unreachable_address_times_out_with_hop_named(net: Sandbox, tmp_path: Path,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need
+from test_faults import describe, processes_of
 
 from jupyter_tunnel.sandbox import SSHD, Sandbox
 
@@ -107,6 +108,20 @@ def test_sshd_restart(sandbox: Sandbox) -> None:
     sandbox.start_sshd("unicorn")  # same host key: known_hosts still matches
     res = _ssh(sandbox, "beast-via-unicorn", "true")
     assert res.returncode == 0, res.stderr
+
+
+def test_sshd_never_carries_the_callers_environment(net: Sandbox, runtime_dir: Path) -> None:
+    """sshd re-executes a child per connection with its own environment, shown in
+    /proc/PID/environ until the child sets its title: started with the caller's, it made
+    a test's check for processes carrying its JUPYTER_RUNTIME_DIR see the sandbox's sshd."""
+    host = net.hosts["unicorn"]
+    for _ in range(10):
+        net.stop_sshd("unicorn")
+        net.start_sshd("unicorn")  # as test_hop_down does, with the test's environment
+        for _ in range(5):
+            socket.create_connection((host.address, host.port), timeout=5).close()
+            left = processes_of(runtime_dir)
+            assert left == [], describe(left)
 
 
 def _ours(cmd: list[str], prefix: str) -> list[str]:
