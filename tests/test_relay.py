@@ -237,3 +237,36 @@ def test_retarget_swaps_the_route_whole() -> None:
     assert (target.route.host, target.route.port) == ("b", 2)
     with pytest.raises(AttributeError):
         target.route.host = "c"  # type: ignore[misc]
+
+
+def test_the_backend_hands_memory_back_when_its_last_connection_ends(
+        tcp_pairs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jupyter_tunnel.backends import tuning
+
+    calls: list[tuple[int, int]] = []
+    backend = SSHTunnelBackend()
+    releaser = tuning.MemoryReleaser(interval=3600, idle_interval=0,
+                                     trim=lambda pad: calls.append((pad, backend.relaying())))
+    monkeypatch.setattr(tuning, "memory", releaser)
+    pair = SSHPair(stream_until_closed)
+    try:
+        backend.chain = _Chain(pair.client)  # type: ignore[assignment]
+        clients, threads = [], []
+        for _ in range(3):
+            client, server = tcp_pairs()
+            threads.append(_backend_relay(backend, server, pair.open()))
+            client.sendall(b"stream")
+            assert client.recv(1000)
+            clients.append(client)
+        for client in clients[:2]:
+            client.close()
+        for thread in threads[:2]:
+            thread.join(5)
+        assert backend.relaying() == 1 and calls == []  # one still relays: not yet
+        clients[2].close()
+        threads[2].join(5)
+        assert not threads[2].is_alive() and backend.relaying() == 0
+        assert calls == [(0, 0)]  # once, after the last ended
+    finally:
+        backend.close()
+        pair.close()

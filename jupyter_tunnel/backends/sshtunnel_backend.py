@@ -358,7 +358,9 @@ class SSHTunnelBackend:
             with self._relays_cond:  # not while _end_relays shuts it down
                 sock.close()
                 del self._relays[key]
+                idle = not self._relays
                 self._relays_cond.notify_all()
+            tuning.memory.connection_ended(idle)  # what the connection's thread freed
 
     def relaying(self) -> int:
         """How many connections are being relayed now."""
