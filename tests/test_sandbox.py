@@ -15,7 +15,7 @@ import pytest
 from conftest import need
 from test_faults import describe, processes_of
 
-from jupyter_tunnel.sandbox import SSHD, Sandbox
+from jupyter_tunnel.sandbox import MARKER, SSHD, Sandbox
 
 pytestmark = pytest.mark.network
 
@@ -129,6 +129,19 @@ def _ours(cmd: list[str], prefix: str) -> list[str]:
     return [line for line in out.splitlines() if prefix in line]
 
 
+def _session_runs(sb: Sandbox, cmdline: bytes) -> bool:
+    """Whether a process of a session of sb (MARKER in its environment) runs cmdline."""
+    mark = f"{MARKER}={sb.dir}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == cmdline \
+                    and mark in (proc / "environ").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_stop_removes_everything() -> None:
     _need_ssh()
     sb = Sandbox().start()
@@ -140,7 +153,10 @@ def test_stop_removes_everything() -> None:
         sb.ssh_argv("beast-via-unicorn", "sleep 300"),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    time.sleep(1)
+    deadline = time.monotonic() + 30
+    while not _session_runs(sb, b"sleep\0" + b"300\0"):  # logged in, its command started
+        assert session.poll() is None and time.monotonic() < deadline, "no session on beast"
+        time.sleep(0.05)
     folder, route_added = sb.dir, sb.route_added
     t0 = time.monotonic()
     sb.stop()
