@@ -10,9 +10,12 @@ else now listens on is reported with that holder, never touched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import ports, procinfo
@@ -34,18 +37,43 @@ def _end(pid: int, started: int, argv: list[str], timeout: float) -> bool:
     return True
 
 
-def _shared_with(child: dict[str, Any], record: dict[str, Any]) -> list[int]:
-    """The live processes, other than the record's owner, whose tunnels use the process
-    ``child`` (an OpenSSH master shared through its users folder)."""
-    folder = child.get("shared")
-    if not isinstance(folder, str):
-        return []
-    from pathlib import Path
+def _end_all(name: str, children: list[tuple[int, int, list[str]]], timeout: float,
+             ended: list[dict[str, Any]], left: list[dict[str, Any]]) -> None:
+    """End the recorded processes (pid, start time, argv) of the tunnel ``name``."""
+    for pid, started, argv in children:
+        command = " ".join(argv)
+        if _end(pid, started, argv, timeout):
+            ended.append({"tunnel": name, "pid": pid, "command": command})
+        elif procinfo.is_alive(pid, None):
+            left.append({"tunnel": name, "pid": pid, "command": command,
+                         "why": f"pid {pid} now belongs to another process; not signalled"})
 
-    from .backends.openssh_master import live_users
 
-    owner = record.get("pid") if isinstance(record.get("pid"), int) else None
-    return sorted(set(live_users(Path(folder), but_pid=owner).values()))
+def _end_unless_used(users: Path, owner: object, end: Callable[[], None]) -> str:
+    """Call ``end()`` unless the OpenSSH master whose users folder is ``users`` is used by
+    live tunnels of other processes than ``owner``; under its lock, as every tunnel that
+    attaches to it holds.  Returns why it was left alone ("" if it was not)."""
+    from .backends.openssh_master import end_unless_used
+    from .errors import TunnelError
+
+    try:
+        users_left = end_unless_used(users, owner if isinstance(owner, int) else None, end)
+    except TunnelError:
+        return ("a login to the same hosts holds its ssh connection's lock; run cleanup "
+                "again later")
+    if not users_left:
+        return ""
+    return (f"its ssh connection is shared with the tunnels of process(es) "
+            f"{', '.join(map(str, users_left))}; it ends when the last of them closes")
+
+
+def _sweep_masters() -> None:
+    """Remove the files of OpenSSH masters that ended after their tunnels were killed."""
+    from .backends.openssh_files import control_dir
+    from .backends.openssh_master import sweep
+
+    with contextlib.suppress(OSError):
+        sweep(control_dir(create=False))
 
 
 def _record_ports(record: dict[str, Any]) -> list[int]:
@@ -70,25 +98,24 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
         if not record.get("orphaned") or only not in (None, record["name"]):
             continue
         name = record["name"]
+        groups: dict[str | None, list[tuple[int, int, list[str]]]] = {}
         for child in record.get("children") or []:
             try:
                 pid, started = int(child["pid"]), int(child["started"])
                 argv = [str(a) for a in child["cmdline"]]
             except (KeyError, TypeError, ValueError):
                 continue
-            command = " ".join(argv)
-            users = _shared_with(child, record)
-            if users:
-                left.append({"tunnel": name, "pid": pid, "command": command,
-                             "why": f"its ssh connection is shared with the tunnels of "
-                                    f"process(es) {', '.join(map(str, users))}; it ends when "
-                                    "the last of them closes"})
+            shared = child.get("shared")
+            groups.setdefault(shared if isinstance(shared, str) else None, []).append(
+                (pid, started, argv))
+        for shared, group in groups.items():
+            end = functools.partial(_end_all, name, group, timeout, ended, left)
+            if shared is None:
+                end()
                 continue
-            if _end(pid, started, argv, timeout):
-                ended.append({"tunnel": name, "pid": pid, "command": command})
-            elif procinfo.is_alive(pid, None):
-                left.append({"tunnel": name, "pid": pid, "command": command,
-                             "why": f"pid {pid} now belongs to another process; not signalled"})
+            why = _end_unless_used(Path(shared), record.get("pid"), end)
+            left += [{"tunnel": name, "pid": pid, "command": " ".join(argv), "why": why}
+                     for pid, _, argv in group if why]
         if registry.remove_orphan(name):
             why = f"its {record.get('owner')} process (pid {record.get('pid')}) is gone"
             if record.get("state") == "failed":
@@ -104,4 +131,5 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
     if only is None:
         removed += [{"name": n, "pid": None, "owner": None, "why": why}
                     for n, why in registry.remove_debris()]
+        _sweep_masters()
     return {"removed": removed, "ended": ended, "left": left}

@@ -19,6 +19,7 @@ from test_faults import assert_left_nothing, processes_of
 from test_open import api_status
 
 from jupyter_tunnel import procinfo
+from jupyter_tunnel.backends import openssh_files as of
 from jupyter_tunnel.backends import openssh_master as om
 from jupyter_tunnel.backends.openssh_errors import LoginTrace, loss
 from jupyter_tunnel.errors import (
@@ -97,6 +98,7 @@ def test_close_leaves_no_ssh_process(net: Sandbox, runtime_dir: Path,
     assert cli.run("close", info["name"]).returncode == 0
     assert not any(procinfo.is_alive(c["pid"], c["started"]) for c in children)
     assert_left_nothing(runtime_dir, info["local_port"])
+    assert not of.control_dir(create=False).exists()  # its socket, lock, log: all gone
 
 
 @pytest.mark.network
@@ -212,7 +214,7 @@ def test_a_command_never_connects_without_the_master(tmp_path: Path) -> None:
     chain = [hop("127.0.0.1", port=9)]  # nothing listens: a direct try would be refused
     backend = OpenSSHBackend()
     try:
-        files = om.MasterFiles(tmp_path, "k")
+        files = of.MasterFiles(tmp_path, "k")
         backend._master = _Master(files, chain, 1, None, {})
         with pytest.raises(HopUnreachable):
             backend.run("true", timeout=10)

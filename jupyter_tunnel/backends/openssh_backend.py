@@ -28,6 +28,7 @@ from . import openssh_mux as mux
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .counters import Counters
 from .openssh_errors import loss
+from .openssh_files import MasterFiles, chain_key, control_dir, live_users
 from .openssh_forward import Forwarder, Route
 
 
@@ -35,7 +36,7 @@ from .openssh_forward import Forwarder, Route
 class _Master:
     """This backend's use of one master."""
 
-    files: om.MasterFiles
+    files: MasterFiles
     chain: list[ResolvedHop]
     pid: int
     launch: om.Launch | None  # set when this backend started it
@@ -79,7 +80,7 @@ class OpenSSHBackend:
         """Use the live master of this chain, or log in and start one."""
         self.disconnect()
         try:
-            files = om.MasterFiles(om.control_dir(), om.chain_key(chain))
+            files = MasterFiles(control_dir(), chain_key(chain))
         except OSError as exc:
             raise ConfigError(f"the OpenSSH backend cannot use its control folder: {exc}"
                               ) from None
@@ -92,7 +93,7 @@ class OpenSSHBackend:
         except OSError as exc:  # out of processes or descriptors for now: a retry may do
             raise om.unreachable(chain[-1], f"cannot start ssh: {exc}") from None
 
-    def _connect(self, files: om.MasterFiles, chain: list[ResolvedHop],
+    def _connect(self, files: MasterFiles, chain: list[ResolvedHop],
                  progress: ProgressCallback | None, timeout: float,
                  notice: NoticeCallback | None) -> None:
         target = chain[-1]
@@ -105,7 +106,7 @@ class OpenSSHBackend:
             pid = om.check(files, target.alias)
             launch = None
             if pid is None:
-                om.remove_stale(files)
+                files.socket_alive()  # removes a socket no master listens on
                 files.write_config(chain, self.keepalive_interval, self.keepalive_count_max,
                                    timeout)
                 launch = om.Launch(files, chain)
@@ -116,7 +117,7 @@ class OpenSSHBackend:
                 try:
                     launch.run(progress, timeout, notice)
                 except BaseException:
-                    if not om.live_users(files.users):  # never others' registrations
+                    if not live_users(files.users):  # never others' registrations
                         files.forget()
                     raise
                 finally:
@@ -149,13 +150,13 @@ class OpenSSHBackend:
             mux.close_quietly(anchor)
             self._release(master)
             raise HopUnreachable("the tunnel was closed while connecting")
-        self._forwarder.attach(str(files.socket), anchor, lambda: self._gone(master))
+        self._forwarder.attach(str(files.socket), anchor, lambda: self._gone(master),
+                               files.trim_log)
 
     def _gone(self, master: _Master) -> None:
         """The master ended (our control connection to it did): find out why, report it."""
-        if master.launch is not None and master.launch.log is not None:
-            master.launch.log.done.wait(1.5)  # its last words
-            master.lost = loss(master.launch.log.tail, master.chain, master.keepalive)
+        said = om.last_words(master.files, master.children or [{"pid": master.pid}])
+        master.lost = loss(said, master.chain, master.keepalive)
         target = master.chain[-1]
         if master.lost is None:
             what = "was closed" if master.launch is not None else \

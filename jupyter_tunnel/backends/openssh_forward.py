@@ -25,6 +25,8 @@ from . import openssh_mux as mux
 from .counters import Counters
 
 log = logging.getLogger("jupyter_tunnel")
+#: connections handed to a master between two calls of ``on_busy``
+BUSY = 256
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Forwarder:
         self._path: str | None = None  # the master's control socket, while it is up
         self._anchor: socket.socket | None = None
         self._on_gone: Callable[[], None] | None = None
+        self._on_busy: Callable[[], object] | None = None
+        self._started = 0
         self._listeners: dict[int, socket.socket] = {}
         self._routes: dict[int, Route] = {}
         self._held: collections.deque[tuple[socket.socket, Route, float]] = collections.deque()
@@ -107,12 +111,15 @@ class Forwarder:
         """The route of the listener on ``port``."""
         return self._routes[port]
 
-    def attach(self, path: str, anchor: socket.socket, on_gone: Callable[[], None]) -> None:
+    def attach(self, path: str, anchor: socket.socket, on_gone: Callable[[], None],
+               on_busy: Callable[[], object] | None = None) -> None:
         """Carry connections through the master at ``path`` from now on; call ``on_gone``
-        (from a new thread) when ``anchor``, our control connection to it, ends."""
+        (from a new thread) when ``anchor``, our control connection to it, ends, and
+        ``on_busy`` (quick, in the loop) after every ``BUSY`` connections handed to it."""
         def task() -> None:
             self._drop_anchor()
             self._path, self._anchor, self._on_gone = path, anchor, on_gone
+            self._on_busy = on_busy
             self._sel.register(anchor, selectors.EVENT_READ, ("anchor", None))
             held, self._held = list(self._held), collections.deque()
             for conn, route, _ in held:
@@ -202,6 +209,9 @@ class Forwarder:
         with self._lock:
             self._conns[ctl.fileno()] = record
         self._sel.register(ctl, selectors.EVENT_READ, ("ctl", record))
+        self._started += 1
+        if self._started % BUSY == 0 and self._on_busy is not None:
+            self._on_busy()
 
     def _control(self, conn: _Conn) -> None:
         try:
@@ -269,7 +279,7 @@ class Forwarder:
         if self._anchor is not None:
             self._sel.unregister(self._anchor)
             mux.close_quietly(self._anchor)
-        self._path, self._anchor, self._on_gone = None, None, None
+        self._path, self._anchor, self._on_gone, self._on_busy = None, None, None, None
 
     def _expire_held(self) -> None:
         now = time.monotonic()

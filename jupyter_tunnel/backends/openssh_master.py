@@ -1,90 +1,39 @@
-"""The ssh ControlMaster behind the OpenSSH backend: where it lives, how it is started and
-shared, how it is asked for remote forwards and commands, and how it ends.
-
-Files, per chain of hops (``key``), in a 0700 folder under the Jupyter runtime dir:
-
-- ``KEY``: the master's control socket;
-- ``KEY.lock``: held while a master is checked, started or ended, so two tunnels to the
-  same hosts never start two masters, and a second one reuses the first's (no new login);
-- ``KEY.users/PID-START-TOKEN``: one file per tunnel using the master; the last to leave
-  ends it (``-O exit``);
-- ``KEY.conf``: the ssh config it runs with: the user's config first (its values win, as
-  ssh takes the first value it reads), then our defaults (``BatchMode``, ``ConnectTimeout``,
-  ``ServerAlive*`` from the traits).  ssh passes ``-F`` on to its ProxyJump helpers, so the
-  jump hosts get the same defaults.
+"""The ssh ControlMaster behind the OpenSSH backend: how it is started, shared, asked for
+remote forwards and commands, and how it ends (its files: :mod:`.openssh_files`).
 
 The master runs with ``ControlPersist``: it leaves our process tree once logged in, and
 stays up while any tunnel holds a control connection to it.  If every such process dies
-without ending it, it exits by itself ``PERSIST`` seconds later.
+without ending it, it exits by itself ``PERSIST`` seconds later.  No tunnel's process owns
+its liveness: it writes its log to a file (never to a pipe that a stopped process would
+stop reading), and any tunnel using it reads that file for its last words.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import json
-import math
 import os
 import queue
 import re
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .. import procinfo
-from ..errors import ConfigError, HopTimeout, HopUnreachable
+from ..errors import HopTimeout, HopUnreachable, TunnelError
 from ..spec import check_host, check_user
-from ..sshconfig import SYSTEM_CONFIG, ResolvedHop
+from ..sshconfig import ResolvedHop
 from .base import NoticeCallback, ProgressCallback
 from .openssh_errors import LoginTrace
+from .openssh_files import MasterFiles, live_users
 
 SSH = "ssh"
 #: seconds a master stays up after the last tunnel holding it vanished without ending it
 PERSIST = 10
 #: in the environment of the ssh processes a master start runs, to find them again
 MARKER = "JUPYTER_TUNNEL_SSH"
-# the config path goes into a shell command that ssh builds for ProxyJump, and the control
-# socket path must fit in a sockaddr_un with ssh's 17-character temporary suffix
-_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@-]+")
-_MAX_DIR = 69  # 69 + 1 + 16 + 17 = 103: macOS's limit
-
-
-def _secure_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if not path.is_dir() or path.is_symlink() or info.st_uid != os.getuid():
-        raise ConfigError(f"{path} must be a folder of yours (not a link): remove it")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
-def control_dir() -> Path:
-    """The 0700 folder of the control sockets: ``<runtime dir>/jupyter_tunnel-ssh``, or a
-    folder in /tmp when that path is too long for a socket or has characters a shell
-    would read."""
-    from jupyter_core.paths import jupyter_runtime_dir
-
-    runtime = Path(jupyter_runtime_dir()).absolute()
-    preferred = runtime / "jupyter_tunnel-ssh"
-    if _SAFE_PATH.fullmatch(str(preferred)) and len(str(preferred)) <= _MAX_DIR:
-        return _secure_dir(preferred)
-    tmp = tempfile.gettempdir()
-    if not _SAFE_PATH.fullmatch(tmp) or len(tmp) > 40:
-        tmp = "/tmp"  # noqa: S108 - a 0700 folder of ours, checked by _secure_dir
-    digest = hashlib.sha256(str(runtime).encode()).hexdigest()[:10]
-    return _secure_dir(Path(tmp) / f"jupyter_tunnel-{os.getuid()}-{digest}")
-
-
-def chain_key(chain: list[ResolvedHop]) -> str:
-    """Names the master of a chain: the same hops, users and config, the same master."""
-    data = [chain[-1].config_file or "", [[h.alias, h.hostname, h.port, h.user] for h in chain]]
-    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 
 def ssh_env(marker: str | None = None) -> dict[str, str]:
@@ -115,139 +64,6 @@ def destination(chain: list[ResolvedHop]) -> list[str]:
             "--", target.alias]
 
 
-class MasterFiles:
-    """The files of one chain's master."""
-
-    def __init__(self, folder: Path, key: str) -> None:
-        self.folder = folder
-        self.socket = folder / key
-        self.lock = folder / f"{key}.lock"
-        self.users = folder / f"{key}.users"
-        self.config = folder / f"{key}.conf"
-
-    @contextlib.contextmanager
-    def locked(self, timeout: float = 120.0, cancelled: Callable[[], bool] = lambda: False
-               ) -> Iterator[None]:
-        """Hold this master's lock (between processes and threads).  Raise
-        :class:`HopTimeout` if another holds it ``timeout`` seconds (a login under way
-        through slow hops takes a while), :class:`HopUnreachable` once ``cancelled()``."""
-        try:
-            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:  # the control folder was removed, or cannot be written
-            raise HopUnreachable(f"cannot use {self.lock}: {exc}") from None
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if cancelled():
-                        raise HopUnreachable("the tunnel was closed") from None
-                    if time.monotonic() > deadline:
-                        raise HopTimeout(
-                            f"another tunnel to the same hosts held their SSH connection's lock "
-                            f"for {timeout:g} s (still logging in, or stopped?): try again, or "
-                            f"close it") from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            os.close(fd)
-
-    def write_config(self, chain: list[ResolvedHop], interval: int, count: int,
-                     timeout: float) -> None:
-        """The ssh config of the master and its jump helpers (see the module doc)."""
-        lines = ["# written by jupyter_tunnel: host key checking and no multiplexing of its "
-                 "own first, then your ssh config (its values win), then our defaults"]
-        for hop in {h.alias: h for h in chain}.values():
-            # as resolved for the in-process backend (so `Match exec` cannot differ): a new
-            # key is recorded with accept-new (or `no`), else an unknown key is refused
-            strict = "accept-new" if hop.strict_host_key_checking in ("accept-new", "no") \
-                else "yes"
-            lines += [f"Host {hop.alias}", f"  StrictHostKeyChecking {strict}"]
-        # the jump helpers must not start (or use) masters of the user's own ControlPath;
-        # forwards of the user's config (LocalForward, DynamicForward …) are not ours to open
-        lines += ["Host *", "  ControlMaster no", "  ControlPath none",
-                  "  ClearAllForwardings yes"]
-        config = chain[-1].config_file
-        includes = [config] if config else [str(Path.home() / ".ssh" / "config"), SYSTEM_CONFIG]
-        lines.append("Host *")
-        for path in includes:
-            if re.search(r'["*?\[\]\n]', path):
-                raise ConfigError(f"the ssh config path {path!r} cannot be handed to ssh: "
-                                  "rename it, or use backend 'sshtunnel'")
-            lines.append(f'Include "{path}"')
-        lines += ["Host *", "  BatchMode yes", f"  ConnectTimeout {math.ceil(timeout)}",
-                  f"  ServerAliveInterval {interval}", f"  ServerAliveCountMax {count}", ""]
-        tmp = self.config.with_suffix(".conf.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(lines))
-        os.replace(tmp, self.config)
-
-    def forget(self) -> None:
-        """Remove the config and the users folder of a master that ended (the lock file
-        stays: another process may wait on it)."""
-        with contextlib.suppress(OSError):
-            self.config.unlink()
-        for entry in self.users.iterdir() if self.users.is_dir() else []:
-            with contextlib.suppress(OSError):
-                entry.unlink()
-        with contextlib.suppress(OSError):
-            self.users.rmdir()
-
-    # the tunnels that use the master --------------------------------------------
-    def register(self, user: str, remote: list[str] | None = None) -> None:
-        """Count a tunnel (``user``) as using the master, with the remote forwards it asked
-        of it (``remote``: ``-R`` specs)."""
-        _secure_dir(self.users)
-        path = self.users / user
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(remote or [], fh)
-        os.replace(tmp, path)
-
-    def unregister(self, user: str) -> int:
-        """Stop counting ``user``; return how many live others still use the master."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.users / user).unlink()
-        return len(live_users(self.users))
-
-    def remote_of_others(self, user: str) -> dict[str, int]:
-        """The ``-R`` specs other live tunnels asked of the master, with their pids."""
-        held: dict[str, int] = {}
-        for entry, pid in live_users(self.users).items():
-            if entry.name == user:
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                for spec in json.loads(entry.read_text()):
-                    held[str(spec)] = pid
-        return held
-
-
-def live_users(folder: Path, *, but_pid: int | None = None) -> dict[Path, int]:
-    """The files of ``folder`` (a master's users) whose tunnel process still runs, with its
-    pid; the files of dead ones are removed.  ``but_pid``: that process counts as dead."""
-    found: dict[Path, int] = {}
-    for entry in folder.iterdir() if folder.is_dir() else []:
-        if entry.suffix == ".tmp":
-            continue
-        parts = entry.name.split("-")
-        try:
-            pid = int(parts[0])
-            started = None if parts[1] == "None" else int(parts[1])  # None: no /proc here
-            alive = pid != but_pid and procinfo.is_alive(pid, started)
-        except (IndexError, ValueError):
-            alive = False
-        if alive:
-            found[entry] = pid
-        elif but_pid is None:
-            with contextlib.suppress(OSError):
-                entry.unlink()  # a tunnel whose process died without leaving
-    return found
-
-
 def control(files: MasterFiles, alias: str, *args: str, timeout: float = 10.0
             ) -> subprocess.CompletedProcess[str]:
     """``ssh -S SOCKET -O …`` (no config needed: the master has it)."""
@@ -269,26 +85,6 @@ def check(files: MasterFiles, alias: str) -> int | None:
     return int(match.group(1)) if result.returncode == 0 and match else None
 
 
-def remove_stale(files: MasterFiles) -> None:
-    """Remove a control socket no master listens on any more (one that was killed): ssh
-    would not start a master over it."""
-    import socket
-
-    if not files.socket.exists():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(2)
-        probe.connect(str(files.socket))
-    except (ConnectionRefusedError, FileNotFoundError):
-        with contextlib.suppress(FileNotFoundError):
-            files.socket.unlink()
-    except OSError:
-        pass
-    finally:
-        probe.close()
-
-
 def processes_with(marker: str) -> list[int]:
     """Pids of this user's processes started with ``MARKER=marker`` in their environment."""
     needle, found = f"\0{MARKER}={marker}\0".encode(), []
@@ -300,47 +96,41 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-class StderrLog:
-    """Reads an ssh's stderr to its end, in a thread: line by line during the login (for
-    progress and errors), then, once ssh went to the background, in large reads that keep
-    only the last few KB (a master run with -v logs every channel): why it ended."""
+class LoginLog:
+    """Follows, in a thread, the log file an ssh that logs in writes (its stderr, shared by
+    its jump helpers), line by line, for progress and errors, until it went to the
+    background or :meth:`finish` was called and everything written was read."""
 
-    TAIL = 16384
-
-    def __init__(self, stream: IO[bytes], trace: LoginTrace) -> None:
+    def __init__(self, path: str, trace: LoginTrace) -> None:
         self.trace = trace
         self.events: queue.Queue[tuple[str, int]] = queue.Queue()
-        self._tail = b""
         self.forked = threading.Event()
         self.done = threading.Event()
-        threading.Thread(target=self._read, args=(stream,), daemon=True,
-                         name="jupyter_tunnel-ssh-stderr").start()
+        self._finish = threading.Event()
+        self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        threading.Thread(target=self._read, daemon=True,
+                         name="jupyter_tunnel-ssh-login-log").start()
 
-    @property
-    def tail(self) -> list[str]:
-        """What ssh said last, without its debug lines."""
-        lines = self._tail.decode(errors="replace").splitlines()[1:]  # the first may be cut
-        return [ln.rstrip("\r") for ln in lines if not ln.startswith("debug")]
+    def finish(self) -> None:
+        """Read what is written so far, then stop (ssh and its helpers ended or forked)."""
+        self._finish.set()
 
-    def _read(self, stream: IO[bytes]) -> None:
-        fd = stream.fileno()
+    def _read(self) -> None:
         pending = b""
         try:
-            while data := os.read(fd, 65536):
-                if self.forked.is_set():
-                    self._tail = (self._tail + data)[-self.TAIL:]
+            while not self.forked.is_set():
+                finishing = self._finish.is_set()  # before the read: nothing written is lost
+                data = os.read(self._fd, 65536)
+                if not data:
+                    if finishing:
+                        break
+                    time.sleep(0.02)
                     continue
                 pending += data
                 *lines, pending = pending.split(b"\n")
-                for index, raw in enumerate(lines):
-                    line = raw.decode(errors="replace").rstrip("\r")
-                    hop = self.trace.feed(line)
-                    if hop is not None:
-                        self.events.put(("progress", hop))
-                    if "disabling multiplexing" in line:  # it would stay a plain ssh
-                        self.events.put(("exit", 255))
+                for raw in lines:
+                    self._line(raw.decode(errors="replace").rstrip("\r"))
                     if self.trace.forked:
-                        self._tail = b"\n" + b"\n".join([*lines[index + 1:], pending])
                         self.forked.set()
                         break
         except OSError:
@@ -348,10 +138,16 @@ class StderrLog:
         finally:
             if pending and not self.forked.is_set():
                 self.trace.feed(pending.decode(errors="replace").rstrip("\r"))
+            os.close(self._fd)
             self.done.set()
             self.events.put(("eof", 0))
-            with contextlib.suppress(OSError):
-                stream.close()
+
+    def _line(self, line: str) -> None:
+        hop = self.trace.feed(line)
+        if hop is not None:
+            self.events.put(("progress", hop))
+        if "disabling multiplexing" in line:  # it would stay a plain ssh
+            self.events.put(("exit", 255))
 
 
 class Launch:
@@ -365,7 +161,7 @@ class Launch:
                      "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes",
                      *destination(chain)]
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log: StderrLog | None = None
+        self.log: LoginLog | None = None
 
     def run(self, progress: ProgressCallback | None, timeout: float,
             notice: NoticeCallback | None) -> None:
@@ -373,11 +169,14 @@ class Launch:
         chain = self.chain
         if progress:
             progress(0, chain[0])
-        self.proc = proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=ssh_env(self.marker), start_new_session=True)
-        assert proc.stderr is not None
-        self.log = log = StderrLog(proc.stderr, LoginTrace(chain))
+        stderr = self.files.open_log()
+        try:
+            self.proc = proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                env=ssh_env(self.marker), start_new_session=True)
+        finally:
+            os.close(stderr)
+        self.log = log = LoginLog(str(self.files.log), LoginTrace(chain))
         threading.Thread(target=lambda: log.events.put(("exit", proc.wait())), daemon=True,
                          name="jupyter_tunnel-ssh-wait").start()
         per_hop = [2 * (h.connect_timeout or timeout) + 5 for h in chain]
@@ -386,18 +185,21 @@ class Launch:
             status = self._wait(log, deadline, progress)
         except BaseException:
             self.kill()
+            log.finish()
             raise
         if status == 0:
             log.forked.wait(2)  # what it said before it went to the background
+            log.finish()
             if notice:
                 for message in log.trace.notices:
                     notice(message)
             return
-        self.kill()
-        log.done.wait(2)  # a jump helper may hold the pipe a moment longer
+        self.kill()  # its jump helpers too: nothing more is written
+        log.finish()
+        log.done.wait(2)
         raise log.trace.error(status, timeout)
 
-    def _wait(self, log: StderrLog, deadline: float, progress: ProgressCallback | None
+    def _wait(self, log: LoginLog, deadline: float, progress: ProgressCallback | None
               ) -> int:
         while True:
             left = deadline - time.monotonic()
@@ -447,6 +249,48 @@ def end(files: MasterFiles, alias: str, children: list[dict[str, Any]],
         if procinfo.is_same(pid, started, list(child["cmdline"])):
             with contextlib.suppress(OSError):
                 os.kill(pid, 15)
+
+
+def last_words(files: MasterFiles, processes: list[dict[str, Any]], wait: float = 1.5
+               ) -> list[str]:
+    """What the master and its helpers said last, once ``processes`` (their ``{pid,
+    started}``) are gone, or ``wait`` seconds passed."""
+    deadline = time.monotonic() + wait
+    for item in processes:
+        pid, started = int(item["pid"]), item.get("started")
+        while procinfo.is_alive(pid, None if started is None else int(started)) and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
+    return files.log_tail()
+
+
+def end_unless_used(users: Path, owner: int | None, end_processes: Callable[[], None],
+                    timeout: float = 10.0) -> list[int]:
+    """For cleanup: under the master's lock (as every tunnel attaching to it holds), the
+    pids of the live tunnels other than ``owner``'s that use the master whose users folder
+    is ``users``; if there are none, ``end_processes()`` and remove the master's files."""
+    files = MasterFiles.of_users(users)
+    with files.locked(timeout=timeout):
+        others = sorted(set(live_users(users, but_pid=owner).values()))
+        if not others:
+            end_processes()
+            files.forget()
+        return others
+
+
+def sweep(folder: Path) -> list[str]:
+    """Remove the files of the masters in ``folder`` that ended with no tunnel left to
+    remove them (their tunnels were killed); skip those whose lock is busy.  Returns the
+    keys removed."""
+    keys = {entry.name.split(".")[0] for entry in folder.iterdir()} if folder.is_dir() else set()
+    removed = []
+    for key in sorted(keys):
+        files = MasterFiles(folder, key)
+        with contextlib.suppress(TunnelError), files.locked(timeout=0.5):
+            if not files.socket_alive() and not live_users(files.users):
+                files.forget()
+                removed.append(key)
+    return removed
 
 
 def unreachable(hop: ResolvedHop, what: str) -> HopUnreachable:
