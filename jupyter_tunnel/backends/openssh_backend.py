@@ -183,7 +183,7 @@ class OpenSSHBackend:
             try:
                 stack.enter_context(files.locked(timeout=10.0))
             except TunnelError:  # held too long elsewhere: just leave (our control
-                files.unregister(self._user)  # connections closed, ControlPersist ends it)
+                files.drop(self._user)  # connections closed, ControlPersist ends it)
                 return
             others = files.unregister(self._user)
             if master.gone:

@@ -286,10 +286,14 @@ class MasterFiles:
         secure_dir(self.users)
         _write_private(self.users / user, json.dumps(remote or []))
 
-    def unregister(self, user: str) -> int:
-        """Stop counting ``user``; return how many live others still use the master."""
+    def drop(self, user: str) -> None:
+        """Stop counting ``user`` (no lock needed: it touches nothing of the others)."""
         with contextlib.suppress(FileNotFoundError):
             (self.users / user).unlink()
+
+    def unregister(self, user: str) -> int:
+        """Stop counting ``user``; return how many live others still use the master."""
+        self.drop(user)
         return len(live_users(self.users))
 
     def remote_of_others(self, user: str) -> dict[str, int]:
