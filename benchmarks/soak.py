@@ -1,14 +1,18 @@
 """Does a tunnel's memory grow while connections open and close for a long time?
 
-    .venv/bin/python benchmarks/soak.py [--seconds 600] [--json FILE]
+    .venv/bin/python benchmarks/soak.py [--seconds 600] [--backends openssh,sshtunnel]
+                                        [--json FILE]
 
-Builds the test network, opens one tunnel per jupyter_tunnel backend (both at once, in
-processes of their own), and until the time is up drives each with rounds of 50
-concurrent 1 MiB fetches, 100 requests on new connections and an 8 MiB download.  The
-memory of each tunnel's forwarding processes (RSS and PSS) is sampled after every round;
-the summary gives the first RSS sample, the last, the highest, and the growth over the
-second half (a leak keeps growing there, an allocator's high-water mark does not), and
-the errors (exit 1 when there were any).  The JSON has the metadata of run.py's.
+Builds the test network, opens one tunnel per jupyter_tunnel backend (both at once unless
+``--backends`` names one, in processes of their own), and until the time is up drives
+each with rounds of 50 concurrent 1 MiB fetches, 100 requests on new connections and an
+8 MiB download.  The memory of each tunnel's forwarding processes (RSS and PSS) is
+sampled after every round; the summary gives the first RSS sample, the last, the
+highest, and the growth over the second half (a leak keeps growing there, an
+allocator's high-water mark does not): its last sample less its first, and the slope of
+a least-squares line through all its samples times its length (less swayed by where in
+its ups and downs a single sample falls), and the errors (exit 1 when there were any).
+The JSON has the metadata of run.py's.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ def client(*args: str) -> dict[str, Any]:
 
 
 def drive(info: dict[str, Any], token: str, until: float, state: dict[str, Any]) -> None:
-    """Rounds of traffic until the time is up; a sample (seconds, RSS, PSS) after each.
-    Errors are counted in state; an exception ends the thread and is kept there."""
+    """Rounds of traffic until the time is up; a sample (seconds, RSS, PSS) after each,
+    and the RSS of each kind of process (:func:`by_role`).  Errors are counted in state;
+    an exception ends the thread and is kept there."""
     url = f"http://127.0.0.1:{info['local_port']}/"
     start = time.monotonic()
     pids = info["pids"]
@@ -59,14 +64,51 @@ def drive(info: dict[str, Any], token: str, until: float, state: dict[str, Any])
             client("down", "127.0.0.1", str(info["forward_port"]), str(8 << 20), "1")
             state["errors"] += con["errors"] + seq["errors"]
             state["connections"] += 50 + 100 + 1
-            state["samples"].append((time.monotonic() - start, rss_mb(pids), pss_mb(pids)))
+            now = time.monotonic() - start
+            state["samples"].append((now, rss_mb(pids), pss_mb(pids)))
+            state["by_role"].append((now, by_role(info)))
     except Exception as exc:  # reported in the summary, fails the run
         state["exception"] = f"{type(exc).__name__}: {exc}"
+
+
+def by_role(info: dict[str, Any]) -> dict[str, float]:
+    """RSS in MB of the tunnel's processes by role (python, ssh_master, jump_helper...)."""
+    roles: dict[str, list[int]] = {}
+    for pid, role in info["roles"].items():
+        roles.setdefault(role, []).append(pid)
+    return {role: rss_mb(pids) for role, pids in sorted(roles.items())}
+
+
+def trend(points: list[tuple[float, float]]) -> float:
+    """Growth over the span of ``points`` (seconds, MB) along their least-squares line."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if not var:
+        return 0.0
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in points) / var
+    return slope * (points[-1][0] - points[0][0])
+
+
+BACKENDS = ("openssh", "sshtunnel")
+
+
+def _backends(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"backends are {', '.join(BACKENDS)}")
+    return names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--backends", type=_backends, default=list(BACKENDS),
+                        help="comma-separated: openssh,sshtunnel (default: both)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -93,11 +135,12 @@ def main() -> None:
         until = time.monotonic() + args.seconds
         states: dict[str, dict[str, Any]] = {}
         threads = []
-        for contender in ("jt-openssh", "jt-sshtunnel"):
+        for contender in (f"jt-{backend}" for backend in args.backends):
             info = procs.open(contender, count=1, forward=port)
             procs.check_own_ssh(info)
             states[contender] = {"errors": 0, "connections": 0, "exception": None,
-                                 "samples": [(0.0, rss_mb(info["pids"]), pss_mb(info["pids"]))]}
+                                 "samples": [(0.0, rss_mb(info["pids"]), pss_mb(info["pids"]))],
+                                 "by_role": [(0.0, by_role(info))]}
             threads.append(threading.Thread(target=drive, args=(
                 info, bench.net.jupyter.token, until, states[contender])))
         for thread in threads:
@@ -113,20 +156,29 @@ def main() -> None:
     for contender, state in states.items():
         samples = state["samples"]
         rss = [r for _, r, _ in samples]
-        half = [(r, p) for t, r, p in samples if t >= args.seconds / 2] or [samples[-1][1:]]
+        second = [s for s in samples if s[0] >= args.seconds / 2] or [samples[-1]]
+        half = [(r, p) for _, r, p in second]
         summary[contender] = {
             "rounds": len(rss) - 1, "connections": state["connections"],
             "errors": state["errors"], "exception": state["exception"],
             "first_mb": rss[0], "last_mb": rss[-1], "max_mb": max(rss),
             "second_half_growth_mb": half[-1][0] - half[0][0],
-            "second_half_growth_pss_mb": half[-1][1] - half[0][1]}
+            "second_half_growth_pss_mb": half[-1][1] - half[0][1],
+            "second_half_trend_mb": trend([(t, r) for t, r, _ in second]),
+            "second_half_trend_pss_mb": trend([(t, p) for t, _, p in second]),
+            "second_half_trend_by_role_mb": {
+                role: trend([(t, r[role]) for t, r in state["by_role"]
+                             if t >= second[0][0] and role in r])
+                for role in state["by_role"][0][1]}}
         print(f"{contender}: {summary[contender]}")
     if args.json:
-        info_meta = meta(started, load_before, {"seconds": args.seconds},
+        info_meta = meta(started, load_before,
+                         {"seconds": args.seconds, "backends": args.backends},
                          list(states), None, {"prefix": bench.net.prefix})
         Path(args.json).write_text(json.dumps(
             {"meta": info_meta, "summary": summary,
-             "samples": {c: s["samples"] for c, s in states.items()}}, indent=1))
+             "samples": {c: s["samples"] for c, s in states.items()},
+             "samples_by_role": {c: s["by_role"] for c, s in states.items()}}, indent=1))
     bad = [c for c, s in summary.items() if s["errors"] or s["exception"]]
     if bad:
         sys.exit(f"FAILED: errors or an exception in {', '.join(bad)} (see above)")
