@@ -16,7 +16,8 @@ from .cli_base import BaseTunnelApp, common_flags
 from .errors import TunnelError
 from .manager import TunnelManager
 from .spec import build_spec
-from .tunnel import State, Tunnel
+from .state import State
+from .tunnel import Tunnel
 
 
 def _progress(app: BaseTunnelApp) -> Any:

@@ -24,7 +24,8 @@ from .api import make_spec
 from .errors import ConfigError, SpecError, TunnelError, TunnelExists, TunnelNotFound
 from .manager import TunnelManager
 from .spec import TunnelSpec, check_name
-from .tunnel import State, Tunnel
+from .state import State
+from .tunnel import Tunnel
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # IPython's magic_arguments helpers carry no annotations: give them types here

@@ -21,7 +21,8 @@ from .errors import NotOwner, TunnelError, TunnelNotFound
 from .registry import Registry
 from .spec import TunnelSpec, check_name
 from .sshconfig import SSHConfig, resolve_chain
-from .tunnel import EventCallback, Settings, State, Tunnel
+from .state import Settings, State
+from .tunnel import EventCallback, Tunnel
 
 
 class TunnelManager(LoggingConfigurable):

@@ -19,7 +19,8 @@ from .manager import TunnelManager
 from .rest_errors import TargetNotAllowed
 from .spec import Hop, TunnelSpec, build_spec, check_name
 from .sshconfig import SSHConfig
-from .tunnel import State, Tunnel
+from .state import State
+from .tunnel import Tunnel
 
 log = logging.getLogger("jupyter_tunnel")
 

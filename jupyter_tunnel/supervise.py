@@ -24,8 +24,12 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from . import detect
+from .backends import Backend
 from .errors import (
     HopTimeout,
     HopUnreachable,
@@ -34,8 +38,9 @@ from .errors import (
     RemotePortRefused,
     TunnelError,
 )
+from .spec import TunnelSpec
 from .sshconfig import ResolvedHop
-from .tunnel import State, Tunnel
+from .state import Settings, State
 
 log = logging.getLogger("jupyter_tunnel")
 
@@ -65,11 +70,50 @@ def reachable(hop: ResolvedHop, timeout: float) -> bool:
         return False
 
 
+class Supervised(Protocol):
+    """What the supervisor reads of its tunnel (and the counters it keeps there)."""
+
+    name: str
+    spec: TunnelSpec
+    chain: list[ResolvedHop]
+    settings: Settings
+    state: State
+    problem: str | None
+    remote: detect.RemoteServer | None
+    local_port: int | None
+    reconnects: int
+    attempt: int
+    next_try: float | None
+
+    @property
+    def backend(self) -> Backend | None: ...
+
+    def run_remote(self, script: str, *args: str, timeout: float | None = None
+                   ) -> tuple[int, str, str]: ...
+
+
+@dataclass(frozen=True)
+class TunnelHooks:
+    """What the supervisor may make its tunnel do, handed over by the tunnel itself."""
+
+    #: move to a state with a problem (or none); False when the tunnel already ended
+    set_state: Callable[[State, str | None], bool]
+    #: end the tunnel as failed with this error
+    fail: Callable[[TunnelError], None]
+    #: write the tunnel's record (counters, state) now
+    save: Callable[[], None]
+    #: tell the user something (a new token, a host key added)
+    notice: Callable[[str], None]
+    #: a hop is being connected
+    on_hop: Callable[[int, ResolvedHop], None]
+
+
 class Supervisor:
     """The thread that keeps one tunnel alive."""
 
-    def __init__(self, tunnel: Tunnel) -> None:
+    def __init__(self, tunnel: Supervised, hooks: TunnelHooks) -> None:
         self.tunnel = tunnel
+        self.hooks = hooks
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lost: TunnelError | None = None
@@ -154,7 +198,7 @@ class Supervisor:
                 self._save_counters()
         except Exception as exc:  # never die silently: the tunnel would look alive
             log.exception("tunnel %s: supervisor failed", tunnel.name)
-            tunnel._fail(TunnelError(f"internal error while keeping the tunnel up: {exc}"))
+            self.hooks.fail(TunnelError(f"internal error while keeping the tunnel up: {exc}"))
 
     def _stopped(self) -> bool:
         return self._stop.is_set() or self.tunnel.state in (State.FAILED, State.CLOSED)
@@ -176,8 +220,7 @@ class Supervisor:
         stats = backend.stats() if backend is not None else {}
         if stats != self._last_saved:
             self._last_saved = stats
-            with tunnel._lock:
-                tunnel._save()
+            self.hooks.save()
 
     def _settle(self, problem: str | None) -> None:
         """Ready, or degraded with ``problem`` (a refused reverse forward counts too)."""
@@ -186,10 +229,10 @@ class Supervisor:
         tunnel = self.tunnel
         if problem is None:
             if tunnel.state is not State.READY:
-                tunnel._set_state(State.READY)
+                self.hooks.set_state(State.READY, None)
         elif tunnel.state is not State.DEGRADED or tunnel.problem != problem:
             log.info("tunnel %s degraded: %s", tunnel.name, problem)
-            tunnel._set_state(State.DEGRADED, problem)
+            self.hooks.set_state(State.DEGRADED, problem)
 
     # the remote Jupyter -------------------------------------------------------
     def _check_jupyter(self) -> None:
@@ -253,7 +296,7 @@ class Supervisor:
             return exc.message
         if fresh.token != old.token or fresh.port != old.port:
             url = detect.local_url(fresh, tunnel.local_port, with_token=False)
-            tunnel._on_notice(f"the Jupyter server on {host} restarted: the tunnel now reaches "
+            self.hooks.notice(f"the Jupyter server on {host} restarted: the tunnel now reaches "
                               f"it at {url} with its new token (jupyter tunnel status "
                               f"{tunnel.name} shows the full URL)")
         return None
@@ -293,7 +336,7 @@ class Supervisor:
         while not self._stopped():
             tunnel.attempt += 1
             tunnel.next_try = None
-            if not tunnel._set_state(State.RECONNECTING, error.message):
+            if not self.hooks.set_state(State.RECONNECTING, error.message):
                 return
             first = tunnel.chain[0]
             tcp_down = False
@@ -301,8 +344,8 @@ class Supervisor:
                 if not reachable(first, min(2.0, first.connect_timeout or s.connect_timeout)):
                     tcp_down = True
                     raise HopUnreachable(f"cannot reach {first.label}", hop=first.alias)
-                backend.connect(tunnel.chain, tunnel._on_hop, s.connect_timeout,
-                                tunnel._on_notice)
+                backend.connect(tunnel.chain, self.hooks.on_hop, s.connect_timeout,
+                                self.hooks.notice)
                 self._watch()
                 self._restore_reverse()
                 problem = self._jupyter_problem() if tunnel.remote is not None else None
@@ -315,11 +358,11 @@ class Supervisor:
                     return
                 if not exc.retryable:
                     log.info("tunnel %s: %s; not retrying", tunnel.name, exc.message)
-                    tunnel._fail(exc)
+                    self.hooks.fail(exc)
                     return
                 spent = time.monotonic() - began
                 if s.reconnect_give_up and spent >= s.reconnect_give_up:
-                    tunnel._fail(type(exc)(
+                    self.hooks.fail(type(exc)(
                         f"gave up reconnecting after {tunnel.attempt} attempt(s) in {spent:.0f} s"
                         f": {exc.message}", hop=exc.hop))
                     return
@@ -340,7 +383,7 @@ class Supervisor:
         tunnel = self.tunnel
         delay = backoff(tunnel.attempt, tunnel.settings.reconnect_max_delay)
         tunnel.next_try = time.time() + delay
-        tunnel._set_state(State.RECONNECTING, error.message)
+        self.hooks.set_state(State.RECONNECTING, error.message)
         first = tunnel.chain[0]
         end = time.monotonic() + delay
         while not self._stopped():

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import shlex
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import detect, procinfo
@@ -19,6 +17,8 @@ from .errors import PortInUse, TunnelError
 from .registry import Registry
 from .spec import Forward, TunnelSpec
 from .sshconfig import ResolvedHop
+from .state import TERMINAL, Settings, State
+from .supervise import Supervisor, TunnelHooks
 
 log = logging.getLogger("jupyter_tunnel")
 
@@ -33,44 +33,11 @@ def check_port_free(port: int) -> None:
             raise PortInUse.from_bind_error("127.0.0.1", port, exc) from None
 
 
-class State(str, enum.Enum):
-    """Where a tunnel is in its life."""
-
-    CONNECTING = "connecting"
-    DETECTING = "detecting"
-    READY = "ready"
-    DEGRADED = "degraded"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Engine settings (the manager fills them from its traits)."""
-
-    connect_timeout: float = 10.0
-    keepalive_interval: int = 15
-    keepalive_count_max: int = 3
-    ready_timeout: float = 15.0
-    launch_timeout: float = 60.0
-    backend: str = "sshtunnel"
-    #: seconds between api/status checks of the remote Jupyter (0: none)
-    health_interval: float = 10.0
-    #: longest wait between reconnect attempts
-    reconnect_max_delay: float = 30.0
-    #: give up reconnecting after this many seconds (0: never)
-    reconnect_give_up: float = 0.0
-    #: how long a new connection waits for a lost SSH connection to come back
-    hold_timeout: float = 20.0
-
-
 #: called with the tunnel and a short event name ("state", "hop", "notice", "launch")
 EventCallback = Callable[["Tunnel", str], None]
 #: builds a backend from its name and hold timeout (keyword arguments: keepalive_interval,
 #: keepalive_count_max)
 BackendFactory = Callable[..., Backend]
-_TERMINAL = frozenset({State.FAILED, State.CLOSED})
 
 
 def forward_info(forward: Forward, bound: int) -> dict[str, Any]:
@@ -125,7 +92,7 @@ class Tunnel:
         #: things the user should know (host keys added to known_hosts, a new token)
         self.notices: list[str] = []
         self.pid, self.started = procinfo.self_identity()
-        self._supervisor: Any = None
+        self._supervisor: Supervisor | None = None
 
     # events -------------------------------------------------------------
     def on_event(self, callback: EventCallback) -> None:
@@ -142,7 +109,7 @@ class Tunnel:
     def _set_state(self, state: State, problem: str | None = None) -> bool:
         """Move to ``state`` (never out of failed or closed); False if that was too late."""
         with self._lock:
-            if self.state in _TERMINAL:
+            if self.state in TERMINAL:
                 return False
             self.state = state
             self.problem = problem
@@ -200,11 +167,15 @@ class Tunnel:
         }
 
     def _save(self) -> None:
-        if self.registry is not None and self._claimed and self.state not in _TERMINAL:
+        if self.registry is not None and self._claimed and self.state not in TERMINAL:
             try:
                 self.registry.save(self.to_dict(), owner_pid=self.pid)
             except (OSError, TunnelError) as exc:  # a full disk must not end a working tunnel
                 log.warning("tunnel %s: cannot update the registry: %s", self.name, exc)
+
+    def _save_locked(self) -> None:
+        with self._lock:
+            self._save()
 
     # life ---------------------------------------------------------------
     def claim(self) -> None:
@@ -225,12 +196,12 @@ class Tunnel:
         On failure nothing is left behind: no connection, no listener, no record.
         Once ready, the tunnel is kept alive until :meth:`close`.
         """
-        from .supervise import Supervisor
-
         self.claim()
         try:
             self._open()
-            supervisor = Supervisor(self)
+            supervisor = Supervisor(self, TunnelHooks(
+                set_state=self._set_state, fail=self._fail, save=self._save_locked,
+                notice=self._on_notice, on_hop=self._on_hop))
             supervisor.start()
             self._supervisor = supervisor
         except TunnelError as exc:
@@ -251,7 +222,7 @@ class Tunnel:
             s.backend, s.hold_timeout, keepalive_interval=s.keepalive_interval,
             keepalive_count_max=s.keepalive_count_max)
         with self._lock:  # close() may have come first: it could not cut what did not exist
-            if self.state in _TERMINAL:
+            if self.state in TERMINAL:
                 backend.close()
                 raise TunnelError(f"tunnel {self.name} was closed while opening")
             self._backend = backend
@@ -311,7 +282,7 @@ class Tunnel:
 
     def _fail(self, error: TunnelError | None) -> None:
         with self._lock:
-            if self.state in _TERMINAL:
+            if self.state in TERMINAL:
                 return
             self.error = error
             self.state = State.FAILED
@@ -345,7 +316,7 @@ class Tunnel:
 
     def reconnect(self) -> None:
         """Drop the SSH connection and build it again now (same local ports and URL)."""
-        if self.state in _TERMINAL or self._supervisor is None:
+        if self.state in TERMINAL or self._supervisor is None:
             raise TunnelError(f"tunnel {self.name} is {self.state.value}: open it again instead")
         self._supervisor.reconnect_now()
 

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from .humanize import human_bytes, human_duration
-from .tunnel import State, Tunnel
+from .state import State
+from .tunnel import Tunnel
 
 log = logging.getLogger("jupyter_tunnel")
 
