@@ -6,6 +6,12 @@ while a master is up is handed to it at once (:func:`openssh_mux.start_stdio_for
 one accepted while it is down waits, up to ``hold_timeout``, for the next master.  The
 listeners belong to this process, so they stay bound while ssh is reconnected and can be
 pointed elsewhere (``retarget``) without a moment of refused connections.
+
+A connection the master stops carrying because the master ended (killed, its link lost,
+the tunnel closed) is reset, never closed with a clean EOF: a cut download must not look
+complete.  ssh tells us nothing when it ends a connection normally, so the end of a
+connection's control connection counts as normal only once the master proved alive a
+moment later (``GRACE``): our hold on it (its anchor) did not end.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +34,9 @@ from .counters import Counters
 log = logging.getLogger("jupyter_tunnel")
 #: connections handed to a master between two calls of ``on_busy``
 BUSY = 256
+#: seconds the master must outlive a connection's end for that end to count as normal
+GRACE = 0.25
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -42,6 +52,7 @@ class _Conn:
     ctl: socket.socket
     tcp: socket.socket
     route: Route
+    anchor: socket.socket  # our hold on the master that carries it
     messages: mux.Messages = field(default_factory=mux.Messages)
     open: bool = False
 
@@ -67,6 +78,10 @@ class Forwarder:
         self._routes: dict[int, Route] = {}
         self._held: collections.deque[tuple[socket.socket, Route, float]] = collections.deque()
         self._conns: dict[int, _Conn] = {}
+        #: connections whose control connection ended: complete unless the master ends too
+        self._closing: collections.deque[tuple[_Conn, float]] = collections.deque()
+        #: anchors of earlier masters that still carry connections
+        self._old_anchors: set[socket.socket] = set()
         self._closed = False
         self._ended = False  # the loop is over: tasks are refused
         self._thread = threading.Thread(target=self._loop, name="jupyter_tunnel-openssh",
@@ -157,9 +172,8 @@ class Forwarder:
     def _loop(self) -> None:
         try:
             while not self._closed:
-                timeout = None
-                if self._held:
-                    timeout = max(0.0, self._held[0][2] - time.monotonic())
+                due = [q[0][-1] for q in (self._held, self._closing) if q]
+                timeout = max(0.0, min(due) - time.monotonic()) if due else None
                 for key, _ in self._sel.select(timeout):
                     kind, data = key.data
                     try:
@@ -169,6 +183,8 @@ class Forwarder:
                             self._control(data)
                         elif kind == "anchor":
                             self._anchor_readable()
+                        elif kind == "old_anchor":
+                            self._old_anchor_readable(key.fileobj)  # type: ignore[arg-type]
                         else:
                             self._wake_r.recv(4096)
                     except Exception:  # one connection's trouble must not stop the others
@@ -178,6 +194,7 @@ class Forwarder:
                 for task in tasks:
                     task()
                 self._expire_held()
+                self._expire_closing()
         finally:
             self._shutdown()
 
@@ -205,7 +222,8 @@ class Forwarder:
             log.debug("control socket %s: %s", self._path, exc)
             self._held.append((conn, route, time.monotonic() + self.hold_timeout))
             return
-        record = _Conn(ctl, conn, route)
+        assert self._anchor is not None
+        record = _Conn(ctl, conn, route, self._anchor)
         with self._lock:
             self._conns[ctl.fileno()] = record
         self._sel.register(ctl, selectors.EVENT_READ, ("ctl", record))
@@ -247,10 +265,18 @@ class Forwarder:
             if self._path is not None and self._anchor is not None:
                 self._anchor_readable()  # probably gone too: find out now
             return
-        self._end(conn)
+        if not conn.open:  # refused: closed as `ssh -L` closes it
+            self._end(conn)
+        elif _ended(conn.anchor):
+            self._end(conn, reset=True)
+        else:  # complete, unless its master turns out to be ending (see the module doc)
+            self._sel.unregister(conn.ctl)
+            self._closing.append((conn, time.monotonic() + GRACE))
 
-    def _end(self, conn: _Conn) -> None:
-        self._sel.unregister(conn.ctl)
+    def _end(self, conn: _Conn, *, reset: bool = False) -> None:
+        """Forget a connection and close it: with a reset when it was cut."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.ctl)
         with self._lock:
             self._conns.pop(conn.ctl.fileno(), None)
             if conn.open:
@@ -259,7 +285,39 @@ class Forwarder:
                     self.counters.bytes_in += got
                     self.counters.bytes_out += sent
                 self.counters.ended()
+        if reset:
+            _reset(conn.tcp)
         mux.close_quietly(conn.ctl, conn.tcp)
+        anchor = conn.anchor
+        if anchor in self._old_anchors and not self._carried_by(anchor):
+            self._old_anchors.discard(anchor)
+            self._sel.unregister(anchor)
+            mux.close_quietly(anchor)
+
+    def _carried_by(self, anchor: socket.socket) -> list[_Conn]:
+        """The connections (open or closing) that the master of ``anchor`` carries."""
+        with self._lock:
+            return [c for c in self._conns.values() if c.anchor is anchor]
+
+    def _cut(self, anchor: socket.socket) -> None:
+        """The master of ``anchor`` ended: reset every connection it carried."""
+        for conn in self._carried_by(anchor):
+            self._end(conn, reset=True)
+        self._closing = collections.deque(x for x in self._closing if x[0].anchor is not anchor)
+
+    def _expire_closing(self) -> None:
+        now = time.monotonic()
+        while self._closing and self._closing[0][1] <= now:
+            conn = self._closing.popleft()[0]
+            self._end(conn, reset=_ended(conn.anchor))
+
+    def _old_anchor_readable(self, anchor: socket.socket) -> None:
+        if not _ended(anchor):
+            return
+        self._old_anchors.discard(anchor)
+        self._sel.unregister(anchor)
+        self._cut(anchor)
+        mux.close_quietly(anchor)
 
     def _anchor_readable(self) -> None:
         assert self._anchor is not None
@@ -271,14 +329,22 @@ class Forwarder:
         except OSError:
             pass
         on_gone = self._on_gone
+        self._cut(self._anchor)
         self._drop_anchor()
         if on_gone is not None:
             threading.Thread(target=on_gone, name="jupyter_tunnel-ssh-gone", daemon=True).start()
 
     def _drop_anchor(self) -> None:
-        if self._anchor is not None:
-            self._sel.unregister(self._anchor)
-            mux.close_quietly(self._anchor)
+        """Stop using the current master; while it still carries connections, keep our hold
+        on it, to learn whether it ends before they do."""
+        anchor = self._anchor
+        if anchor is not None:
+            self._sel.unregister(anchor)
+            if self._carried_by(anchor):
+                self._old_anchors.add(anchor)
+                self._sel.register(anchor, selectors.EVENT_READ, ("old_anchor", None))
+            else:
+                mux.close_quietly(anchor)
         self._path, self._anchor, self._on_gone, self._on_busy = None, None, None, None
 
     def _expire_held(self) -> None:
@@ -286,6 +352,7 @@ class Forwarder:
         while self._held and self._held[0][2] <= now:
             conn = self._held.popleft()[0]
             log.debug("a held connection gave up waiting for the SSH connection")
+            _reset(conn)
             mux.close_quietly(conn)
 
     def _shutdown(self) -> None:
@@ -298,11 +365,33 @@ class Forwarder:
         for sock in self._listeners.values():
             mux.close_quietly(sock)
         self._listeners.clear()
-        for conn in list(self._conns.values()):
-            self._end(conn)
+        for conn in list(self._conns.values()):  # cut by the close
+            self._end(conn, reset=True)
+        self._closing.clear()
         for held in self._held:
+            _reset(held[0])
             mux.close_quietly(held[0])
         self._held.clear()
         self._drop_anchor()
+        for anchor in self._old_anchors:
+            mux.close_quietly(anchor)
+        self._old_anchors.clear()
         self._sel.close()
         mux.close_quietly(self._wake_r, self._wake_w)
+
+
+def _ended(anchor: socket.socket) -> bool:
+    """Whether the master held by ``anchor`` ended: nothing is ever sent on it, so it is
+    readable only at its end (or it was closed already)."""
+    try:
+        return not anchor.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def _reset(sock: socket.socket) -> None:
+    """Make the close of ``sock`` a reset (RST), not an EOF."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
