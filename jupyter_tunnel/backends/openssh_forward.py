@@ -35,7 +35,7 @@ log = logging.getLogger("jupyter_tunnel")
 #: connections handed to a master between two calls of ``on_busy``
 BUSY = 256
 #: seconds the master must outlive a connection's end for that end to count as normal
-GRACE = 0.25
+GRACE = 0.1
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
