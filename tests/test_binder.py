@@ -55,15 +55,34 @@ class User:
 
 
 def processes_of(uid: int) -> list[int]:
-    """Pids running as uid (for the throwaway user: only what this test started)."""
+    """Pids running as uid (for the throwaway user: only what this test started).
+
+    Zombies are left out: they run nothing, cannot be killed, and one left unreaped by a
+    parent elsewhere keeps the uid of a user removed since, which a new throwaway user may
+    be given (seen on a machine shared with other test runs).
+    """
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and proc.stat().st_uid == uid:
+            if proc.name.isdigit() and proc.stat().st_uid == uid and \
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX":
                 found.append(int(proc.name))
-        except OSError:
+        except (OSError, IndexError):
             continue
     return found
+
+
+def describe(pids: list[int]) -> str:
+    """pid, state, parent and command line of each process, for an assertion's message."""
+    lines = []
+    for pid in pids:
+        try:
+            state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            lines.append(f"pid {pid} ({state}, parent {ppid}): {cmd.strip()}")
+        except (OSError, ValueError):
+            lines.append(f"pid {pid} (gone)")
+    return "; ".join(lines)
 
 
 def started_for(user: User) -> list[int]:
@@ -206,7 +225,8 @@ def test_binder_start_and_demo_notebook_as_unprivileged_user(binder_user: User) 
     deadline = time.monotonic() + 20
     while started_for(user) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert started_for(user) == [], "demo network still running after its server ended"
+    left = started_for(user)
+    assert left == [], f"demo network still running after its server ended: {describe(left)}"
     assert not (home / ".jupyter-tunnel-demo" / "ssh_config").exists()
     assert "demo network removed" in log.read_text()
     registry = home / "runtime" / "jupyter_tunnel"
