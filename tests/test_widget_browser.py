@@ -45,7 +45,12 @@ def test_card_in_jupyterlab_turns_ready_link_works_close_closes(
     page.set_default_timeout(60_000)
     page.goto(lab.page_url("lab/tree/card.ipynb"))
     # the kernel is connected and idle (the status bar says so only once it is)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    try:
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    except Exception:
+        page.screenshot(path=str(artifact("widget/failed-waiting-for-idle-kernel.png")))
+        print(lab.log_tail())
+        raise
     page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for()
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator("[data-command='runmenu:run-all']").click()
