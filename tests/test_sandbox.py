@@ -110,7 +110,7 @@ def test_sshd_restart(sandbox: Sandbox) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_sshd_never_carries_the_callers_environment(net: Sandbox, runtime_dir: Path) -> None:
+def test_sandbox_never_carries_the_callers_environment(net: Sandbox, runtime_dir: Path) -> None:
     """sshd re-executes a child per connection with its own environment, shown in
     /proc/PID/environ until the child sets its title: started with the caller's, it made
     a test's check for processes carrying its JUPYTER_RUNTIME_DIR see the sandbox's sshd."""
@@ -122,6 +122,9 @@ def test_sshd_never_carries_the_callers_environment(net: Sandbox, runtime_dir: P
             socket.create_connection((host.address, host.port), timeout=5).close()
             left = processes_of(runtime_dir)
             assert left == [], describe(left)
+    net.start_jupyter()  # and Jupyter on beast, restarted as test_no_jupyter_on_target does
+    left = processes_of(runtime_dir)
+    assert left == [], describe(left)
 
 
 def _ours(cmd: list[str], prefix: str) -> list[str]:
