@@ -68,6 +68,26 @@ def test_a_clean_run_passes(tmp_path: Path, private: list[str]) -> None:
     assert "leftovers: nothing left behind" in res.stderr
 
 
+def test_orphans_that_end_are_reaped_while_the_command_runs(private: list[str]) -> None:
+    """An orphan comes to the check (its subreaper): once it ends it must be gone, not a
+    zombie that still answers kill -0 (a test waiting for a server to die would wait in
+    vain)."""
+    orphan = ("import os, subprocess, sys, time\n"
+              "pid = int(subprocess.run(['sh', '-c', 'sleep 0.2 >/dev/null & echo $!'],"
+              " capture_output=True, text=True).stdout)\n"
+              "end = time.monotonic() + 20\n"
+              "while time.monotonic() < end:\n"
+              "    try:\n"
+              "        os.kill(pid, 0)\n"
+              "    except ProcessLookupError:\n"
+              "        sys.exit(0)\n"
+              "    time.sleep(0.05)\n"
+              "sys.exit(1)\n")
+    result = leftovers("run", *private, "--only", "processes", "--", sys.executable, "-c",
+                       orphan)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_command_fails_the_run_by_itself(private: list[str]) -> None:
     res = leftovers("run", *private, "--only", "files", "--", "sh", "-c", "exit 7")
     assert res.returncode == 7, res.stderr
