@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -96,52 +97,19 @@ class OpenSSHBackend:
     def _connect(self, files: MasterFiles, chain: list[ResolvedHop],
                  progress: ProgressCallback | None, timeout: float,
                  notice: NoticeCallback | None) -> None:
-        target = chain[-1]
         keepalive = {h.alias: (
             self.keepalive_interval if h.server_alive_interval is None
             else h.server_alive_interval,
             self.keepalive_count_max if h.server_alive_count_max is None
             else h.server_alive_count_max) for h in chain}
         with files.locked(cancelled=lambda: self._closed):
-            pid = om.check(files, target.alias)
-            launch = None
-            if pid is None:
-                files.socket_alive()  # removes a socket no master listens on
-                files.write_config(chain, self.keepalive_interval, self.keepalive_count_max,
-                                   timeout)
-                launch = om.Launch(files, chain)
-                with self._lock:
-                    if self._closed:
-                        raise HopUnreachable("the tunnel was closed")
-                    self._launch = launch
-                try:
-                    launch.run(progress, timeout, notice)
-                except BaseException:
-                    if not live_users(files.users):  # never others' registrations
-                        files.forget()
-                    raise
-                finally:
-                    with self._lock:
-                        self._launch = None
-                pid = om.check(files, target.alias)
-                if pid is None:
-                    launch.kill()
-                    raise om.unreachable(target, "ssh logged in but its master does not answer")
-            elif notice:
-                notice(f"using the SSH connection already open to {target.label} (ssh pid "
-                       f"{pid}): no new login")
-            master = _Master(files, chain, pid, launch, keepalive)
-            if launch is not None:
-                # "shared": cleanup must not end them while another tunnel uses the master
-                master.children = [{**child, "shared": str(files.users)}
-                                   for child in launch.processes(pid)]
             try:
-                anchor = mux.anchor(str(files.socket))
-            except (OSError, mux.MuxError) as exc:
-                if launch is not None:
-                    launch.kill()
-                raise om.unreachable(target, f"its control socket: {exc}") from None
-            files.register(self._user, master.remote_specs)
+                master, anchor = self._attach(files, chain, keepalive, progress, timeout, notice)
+            except BaseException:
+                # nothing of a master that did not come up stays (others' never go)
+                if not live_users(files.users) and not files.socket_alive():
+                    files.forget()
+                raise
         with self._lock:
             closed = self._closed
             if not closed:
@@ -152,6 +120,49 @@ class OpenSSHBackend:
             raise HopUnreachable("the tunnel was closed while connecting")
         self._forwarder.attach(str(files.socket), anchor, lambda: self._gone(master),
                                files.trim_log)
+
+    def _attach(self, files: MasterFiles, chain: list[ResolvedHop],
+                keepalive: dict[str, tuple[int, int]], progress: ProgressCallback | None,
+                timeout: float, notice: NoticeCallback | None) -> tuple[_Master, socket.socket]:
+        """Holding the master's lock: use its live master, or log in and start one; take
+        an anchor on it and register as its user."""
+        target = chain[-1]
+        pid = om.check(files, target.alias)
+        launch = None
+        if pid is None:
+            files.socket_alive()  # removes a socket no master listens on
+            files.write_config(chain, self.keepalive_interval, self.keepalive_count_max,
+                               timeout)
+            launch = om.Launch(files, chain)
+            with self._lock:
+                if self._closed:
+                    raise HopUnreachable("the tunnel was closed")
+                self._launch = launch
+            try:
+                launch.run(progress, timeout, notice)
+            finally:
+                with self._lock:
+                    self._launch = None
+            pid = om.check(files, target.alias)
+            if pid is None:
+                launch.kill()
+                raise om.unreachable(target, "ssh logged in but its master does not answer")
+        elif notice:
+            notice(f"using the SSH connection already open to {target.label} (ssh pid "
+                   f"{pid}): no new login")
+        master = _Master(files, chain, pid, launch, keepalive)
+        if launch is not None:
+            # "shared": cleanup must not end them while another tunnel uses the master
+            master.children = [{**child, "shared": str(files.users)}
+                               for child in launch.processes(pid)]
+        try:
+            anchor = mux.anchor(str(files.socket))
+        except (OSError, mux.MuxError) as exc:
+            if launch is not None:
+                launch.kill()
+            raise om.unreachable(target, f"its control socket: {exc}") from None
+        files.register(self._user, master.remote_specs)
+        return master, anchor
 
     def _gone(self, master: _Master) -> None:
         """The master ended (our control connection to it did): find out why, report it."""

@@ -255,13 +255,7 @@ class Forwarder:
         if data:
             return
         if not conn.open and not refused:
-            # the master ended before it took the connection on (it never read from it):
-            # the next master carries it
-            self._sel.unregister(conn.ctl)
-            with self._lock:
-                self._conns.pop(conn.ctl.fileno(), None)
-            mux.close_quietly(conn.ctl)
-            self._held.append((conn.tcp, conn.route, time.monotonic() + self.hold_timeout))
+            self._hold_again(conn)
             if self._path is not None and self._anchor is not None:
                 self._anchor_readable()  # probably gone too: find out now
             return
@@ -272,6 +266,16 @@ class Forwarder:
         else:  # complete, unless its master turns out to be ending (see the module doc)
             self._sel.unregister(conn.ctl)
             self._closing.append((conn, time.monotonic() + GRACE))
+
+    def _hold_again(self, conn: _Conn) -> None:
+        """The master ended before it took the connection on (it never read from it): the
+        next master carries it."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.ctl)
+        with self._lock:
+            self._conns.pop(conn.ctl.fileno(), None)
+        mux.close_quietly(conn.ctl)
+        self._held.append((conn.tcp, conn.route, time.monotonic() + self.hold_timeout))
 
     def _end(self, conn: _Conn, *, reset: bool = False) -> None:
         """Forget a connection and close it: with a reset when it was cut."""
@@ -300,9 +304,13 @@ class Forwarder:
             return [c for c in self._conns.values() if c.anchor is anchor]
 
     def _cut(self, anchor: socket.socket) -> None:
-        """The master of ``anchor`` ended: reset every connection it carried."""
+        """The master of ``anchor`` ended: reset every connection it carried; those it had
+        not taken on yet wait for the next one."""
         for conn in self._carried_by(anchor):
-            self._end(conn, reset=True)
+            if conn.open:
+                self._end(conn, reset=True)
+            else:
+                self._hold_again(conn)
         self._closing = collections.deque(x for x in self._closing if x[0].anchor is not anchor)
 
     def _expire_closing(self) -> None:
