@@ -56,15 +56,38 @@ class Registry:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the registry's exclusive lock (between processes and threads)."""
-        self._ensure()
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        """Hold the registry's exclusive lock (between processes and threads).
+
+        Whoever holds it when the last record goes removes the lock file and the folder, so
+        nothing is left once no tunnel is recorded; a waiter that then gets the lock of the
+        removed file takes a new one."""
+        fd = self._acquire()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
+            try:
+                if {entry.name for entry in self.path.iterdir()} == {".lock"}:
+                    (self.path / ".lock").unlink()
+                    self.path.rmdir()
+            except OSError:
+                pass
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _acquire(self) -> int:
+        lock = self.path / ".lock"
+        for _ in range(100):
+            self._ensure()
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            except FileNotFoundError:  # the folder went with its last record just now
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            os.close(fd)
+        raise ConfigError(f"cannot lock the registry folder {self.path}: it keeps vanishing")
 
     def _file(self, name: str) -> Path:
         return self.path / f"{check_name(name)}.json"
