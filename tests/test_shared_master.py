@@ -26,7 +26,9 @@ from jupyter_tunnel import procinfo
 from jupyter_tunnel.backends import openssh_files as of
 from jupyter_tunnel.backends import openssh_master as om
 from jupyter_tunnel.errors import HopTimeout
+from jupyter_tunnel.manager import TunnelManager
 from jupyter_tunnel.sandbox import Sandbox
+from jupyter_tunnel.spec import build_spec
 
 
 def _get(url: str, path: str, timeout: float = 20.0) -> bytes:
@@ -220,3 +222,33 @@ def test_a_waiter_on_a_removed_lock_takes_a_new_one(tmp_path: Path) -> None:
     thread.join(10)
     with files.locked(timeout=1):
         pass
+
+
+@pytest.mark.network
+@pytest.mark.usefixtures("ssh_client")
+def test_a_tunnel_that_did_not_start_the_master_names_the_hop_lost(
+        net: Sandbox, runtime_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg"
+    cfg.write_text(net.ssh_config.read_text().replace(
+        "Host unicorn\n", "Host unicorn\n  ServerAliveInterval 1\n  ServerAliveCountMax 2\n"))
+    cli = CLI(cfg)
+    cli.json("open", "beast", "--via", "unicorn", "--detach", "--name", "starter", OPENSSH)
+    manager = TunnelManager(ssh_config=str(cfg), backend="openssh")
+    problems: list[str] = []
+    try:
+        with manager.open(build_spec("beast via unicorn", name="user")) as tunnel:
+            assert tunnel.to_dict()["children"] == []  # it uses the starter's master
+            tunnel.on_event(lambda t, event: problems.append(t.problem or "")
+                            if t.state.value == "reconnecting" else None)
+            net.pause_sessions("unicorn")  # no FIN, no RST: only keepalives can tell
+            try:
+                deadline = time.monotonic() + 20
+                while not problems:
+                    assert time.monotonic() < deadline, "the outage was not noticed"
+                    time.sleep(0.1)
+            finally:
+                net.resume_sessions("unicorn")
+    finally:
+        assert cli.run("close", "starter").returncode == 0
+    assert "unicorn (" in problems[0] and "stopped answering" in problems[0], problems
+    assert_left_nothing(runtime_dir)
