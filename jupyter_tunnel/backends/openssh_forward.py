@@ -232,6 +232,9 @@ class Forwarder:
             self._on_busy()
 
     def _control(self, conn: _Conn) -> None:
+        with self._lock:
+            if self._conns.get(conn.ctl.fileno()) is not conn:
+                return  # ended or held again earlier in this round (its master's end)
         try:
             data = conn.ctl.recv(4096)
             messages = conn.messages.feed(data) if data else []
