@@ -376,9 +376,11 @@ class Forwarder:
         for sock in self._listeners.values():
             mux.close_quietly(sock)
         self._listeners.clear()
+        for conn, _ in self._closing:  # ended by the far end just before the close
+            self._end(conn, reset=_ended(conn.anchor))
+        self._closing.clear()
         for conn in list(self._conns.values()):  # cut by the close
             self._end(conn, reset=True)
-        self._closing.clear()
         for held in self._held:
             _reset(held[0])
             mux.close_quietly(held[0])
