@@ -53,9 +53,13 @@ def _end_unless_used(users: Path, owner: object, end: Callable[[], None]) -> str
     """Call ``end()`` unless the OpenSSH master whose users folder is ``users`` is used by
     live tunnels of other processes than ``owner``; under its lock, as every tunnel that
     attaches to it holds.  Returns why it was left alone ("" if it was not)."""
+    from .backends.openssh_files import control_dir
     from .backends.openssh_master import end_unless_used
     from .errors import TunnelError
 
+    if users.parent != control_dir(create=False) or not users.name.endswith(".users"):
+        return (f"its ssh connection's files ({users}) are not in this runtime dir's "
+                "control folder; left alone")
     try:
         users_left = end_unless_used(users, owner if isinstance(owner, int) else None, end)
     except TunnelError:

@@ -171,12 +171,16 @@ class Launch:
             progress(0, chain[0])
         stderr = self.files.open_log()
         try:
-            self.proc = proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                env=ssh_env(self.marker), start_new_session=True)
+            self.log = log = LoginLog(str(self.files.log), LoginTrace(chain))
+            try:
+                self.proc = proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=stderr, env=ssh_env(self.marker), start_new_session=True)
+            except BaseException:
+                log.finish()
+                raise
         finally:
             os.close(stderr)
-        self.log = log = LoginLog(str(self.files.log), LoginTrace(chain))
         threading.Thread(target=lambda: log.events.put(("exit", proc.wait())), daemon=True,
                          name="jupyter_tunnel-ssh-wait").start()
         per_hop = [2 * (h.connect_timeout or timeout) + 5 for h in chain]
