@@ -177,7 +177,8 @@ def test_cleanup_takes_the_masters_lock(net: Sandbox, runtime_dir: Path) -> None
 
 def test_the_masters_log_is_cut_back_while_ssh_writes_on(tmp_path: Path) -> None:
     files = of.MasterFiles(of.secure_dir(tmp_path / "ctl"), "k")
-    fd = files.open_log()  # as ssh gets it: appending
+    fd, start = files.open_log()  # as ssh gets it: appending
+    assert start == 0
     try:
         os.write(fd, b"x" * 100 + b"\nConnection to unicorn closed by remote host.\n")
         assert not files.trim_log(limit=1000)  # small: left as it is
@@ -192,6 +193,11 @@ def test_the_masters_log_is_cut_back_while_ssh_writes_on(tmp_path: Path) -> None
     finally:
         os.close(fd)
     assert oct(files.log.stat().st_mode & 0o777) == oct(0o600)
+    # the next master's lines follow; the last words of this one stay readable
+    fd, start = files.open_log()
+    os.close(fd)
+    assert start == files.log.stat().st_size > 0
+    assert files.log_tail() == ["Timeout, server beast not responding."]
     with files.locked():
         files.forget()
     assert not files.folder.exists()

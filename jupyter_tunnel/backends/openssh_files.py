@@ -197,13 +197,15 @@ class MasterFiles:
                   f"  ServerAliveInterval {interval}", f"  ServerAliveCountMax {count}", ""]
         _write_private(self.config, "\n".join(lines))
 
-    def open_log(self) -> int:
-        """A new, empty log for a master about to start: a descriptor to hand to ssh as its
-        stderr (appending, so cutting it back from another process is safe)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.old_log.unlink()
-        return os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND |
-                       os.O_NOFOLLOW, 0o600)
+    def open_log(self) -> tuple[int, int]:
+        """The log of a master about to start: a descriptor to hand to ssh as its stderr
+        (appending, so cutting the file back from another process is safe), and the offset
+        where its lines begin.  What earlier masters said stays before them, cut back like
+        the rest: a tunnel of the master that just ended may still be reading its last
+        words.  Call it holding the lock."""
+        self.trim_log()
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        return fd, os.fstat(fd).st_size
 
     def log_tail(self) -> list[str]:
         """What the master and its helpers said last (about ``LOG_KEEP`` bytes), without

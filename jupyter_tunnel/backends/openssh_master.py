@@ -101,13 +101,14 @@ class LoginLog:
     its jump helpers), line by line, for progress and errors, until it went to the
     background or :meth:`finish` was called and everything written was read."""
 
-    def __init__(self, path: str, trace: LoginTrace) -> None:
+    def __init__(self, path: str, start: int, trace: LoginTrace) -> None:
         self.trace = trace
         self.events: queue.Queue[tuple[str, int]] = queue.Queue()
         self.forked = threading.Event()
         self.done = threading.Event()
         self._finish = threading.Event()
         self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        os.lseek(self._fd, start, os.SEEK_SET)  # this login's lines, not earlier masters'
         threading.Thread(target=self._read, daemon=True,
                          name="jupyter_tunnel-ssh-login-log").start()
 
@@ -169,9 +170,9 @@ class Launch:
         chain = self.chain
         if progress:
             progress(0, chain[0])
-        stderr = self.files.open_log()
+        stderr, start = self.files.open_log()
         try:
-            self.log = log = LoginLog(str(self.files.log), LoginTrace(chain))
+            self.log = log = LoginLog(str(self.files.log), start, LoginTrace(chain))
             try:
                 self.proc = proc = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
