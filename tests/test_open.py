@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -140,10 +142,26 @@ def test_jump_host_gone_for_good_fails_after_give_up(cli: CLI, net: Sandbox,
     argv = cli.argv("open", "beast", "--via", "unicorn",
                     "--TunnelManager.reconnect_give_up=3", "--TunnelManager.reconnect_max_delay=1")
     with foreground(argv) as (proc, url):
-        net.stop_sshd("unicorn")  # ends the sessions too: the jump host is gone
+        # requests in flight, as from a browser: the jump helper then dies while sending,
+        # and ssh's own words no longer name the hop (the loss must still name unicorn)
+        done = threading.Event()
+
+        def browse() -> None:
+            while not done.is_set():
+                with contextlib.suppress(OSError):
+                    api_status(url)
+
+        browsers = [threading.Thread(target=browse) for _ in range(4)]
+        for browser in browsers:
+            browser.start()
         try:
+            assert api_status(url) == 200
+            net.stop_sshd("unicorn")  # ends the sessions too: the jump host is gone
             assert proc.wait(timeout=30) == 1
         finally:
+            done.set()
+            for browser in browsers:
+                browser.join()
             net.start_sshd("unicorn")
         err = proc.stderr.read() if proc.stderr else ""
     assert "Connection lost: the connection to unicorn (" in err

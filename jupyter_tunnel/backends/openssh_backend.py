@@ -56,6 +56,15 @@ class _Reverse:
     to_port: int
 
 
+def _accepts(hop: ResolvedHop, timeout: float) -> bool:
+    """Whether ``hop``'s SSH port accepts a TCP connection now."""
+    try:
+        with socket.create_connection((hop.hostname, hop.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 class OpenSSHBackend:
     """Tunnels carried by a shared ssh ControlMaster (see the module doc)."""
 
@@ -169,6 +178,14 @@ class OpenSSHBackend:
         said = om.last_words(master.files, master.children or [{"pid": master.pid}])
         master.lost = loss(said, master.chain, master.keepalive)
         target = master.chain[-1]
+        first = master.chain[0]
+        if first is not target and (master.lost is None or master.lost[0] is target) and \
+                not _accepts(first, 1.0):
+            # ssh's words are ambiguous here: a jump helper that loses its connection while
+            # sending may say only "Broken pipe", and the master then says its target
+            # closed (its "connection" is the helper's pipe); a first hop that refuses TCP
+            # now is the one lost
+            master.lost = (first, f"the connection to {first.label} was closed", False)
         if master.lost is None:
             what = "was closed" if master.launch is not None else \
                 "(shared with another tunnel) was closed"
