@@ -1,0 +1,12 @@
+"""Resumable forwarded connections: they survive an outage with nothing lost.
+
+Eternal Terminal's BackedReader/BackedWriter design carried over SSH channels: a helper
+on the last hop holds each connection's far end, the laptop its near end; between them
+every connection is a stream of numbered bytes, kept by the sender until acknowledged
+and replayed after a reconnect.
+
+- ``frames``: the wire format (handshake, DATA, ACK, EOF, RESET) and its decoder; stdlib
+  only, embedded verbatim in the remote helper.
+- ``replay``: per-stream state (send buffer, receive side, EOFs, outage timing) and the
+  per-tunnel buffer budget; pure logic.
+"""
