@@ -29,6 +29,7 @@ from jupyter_tunnel.resume.frames import (
     ProtocolError,
     Refuse,
     Reset,
+    VersionError,
     Welcome,
     secret_ok,
     split_target,
@@ -53,6 +54,11 @@ SAMPLES: list[Frame] = [
 #: a Python 3.8 to run the embedded source with, when pyenv has one
 PYTHON38 = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
 SOURCES = [Path(frames.__file__), Path(frames.__file__).with_name("replay.py")]
+
+
+def hello_head(*fields: int) -> bytes:
+    """The fixed part of a HELLO body after the version: mode, id, received, secret length."""
+    return struct.pack(">HBQQB", VERSION, *fields)
 
 
 def raw(kind: int, body: bytes) -> bytes:
@@ -122,26 +128,37 @@ def test_unknown_type(kind: int) -> None:
         (Reset.TYPE, b"\x01"),
         (Reset.TYPE, b"\x01\x05abc"),  # reason shorter than said
         (Refuse.TYPE, b"\x01\x01ab"),  # reason longer than said
-        (Hello.TYPE, b"\0" * 10),
+        (Hello.TYPE, struct.pack(">H", VERSION) + b"\0" * 8),  # too short
         # NEW without a target
-        (Hello.TYPE, struct.pack(">HBQQB", 1, 0, 1, 0, 1) + b"s" + struct.pack(">H", 0)),
+        (Hello.TYPE, hello_head(0, 1, 0, 1) + b"s" + struct.pack(">H", 0)),
         # RESUME with a target
-        (Hello.TYPE, struct.pack(">HBQQB", 1, 1, 1, 0, 1) + b"s" + struct.pack(">H", 1) + b"x"),
+        (Hello.TYPE, hello_head(1, 1, 0, 1) + b"s" + struct.pack(">H", 1) + b"x"),
         # NEW claiming bytes received
-        (Hello.TYPE, struct.pack(">HBQQB", 1, 0, 1, 5, 1) + b"s" + struct.pack(">H", 1) + b"x"),
+        (Hello.TYPE, hello_head(0, 1, 5, 1) + b"s" + struct.pack(">H", 1) + b"x"),
         # unknown mode
-        (Hello.TYPE, struct.pack(">HBQQB", 1, 9, 1, 0, 1) + b"s" + struct.pack(">H", 0)),
+        (Hello.TYPE, hello_head(9, 1, 0, 1) + b"s" + struct.pack(">H", 0)),
         # empty secret
-        (Hello.TYPE, struct.pack(">HBQQB", 1, 1, 1, 0, 0) + struct.pack(">H", 0)),
+        (Hello.TYPE, hello_head(1, 1, 0, 0) + struct.pack(">H", 0)),
         # target not UTF-8
-        (Hello.TYPE, struct.pack(">HBQQB", 1, 0, 1, 0, 1) + b"s" + struct.pack(">H", 1) + b"\xff"),
+        (Hello.TYPE, hello_head(0, 1, 0, 1) + b"s" + struct.pack(">H", 1) + b"\xff"),
         # target length beyond the body
-        (Hello.TYPE, struct.pack(">HBQQB", 1, 0, 1, 0, 1) + b"s" + struct.pack(">H", 9) + b"x"),
+        (Hello.TYPE, hello_head(0, 1, 0, 1) + b"s" + struct.pack(">H", 9) + b"x"),
     ],
 )
 def test_malformed_bodies(kind: int, body: bytes) -> None:
-    with pytest.raises(FrameError):
+    with pytest.raises(FrameError) as exc:
         FrameDecoder().feed(raw(kind, body))
+    assert not isinstance(exc.value, VersionError)
+
+
+def test_another_version_is_told_apart_from_garbage() -> None:
+    # a later version may change the rest of HELLO: only its first field is read
+    with pytest.raises(VersionError) as exc:
+        FrameDecoder().feed(raw(Hello.TYPE, struct.pack(">H", VERSION + 1) + b"whatever"))
+    assert exc.value.version == VERSION + 1
+    hello = Hello(VERSION + 1, Mode.RESUME, 1, 0, b"s")
+    with pytest.raises(VersionError):
+        FrameDecoder().feed(hello.encode())
 
 
 def test_a_broken_decoder_stays_broken() -> None:

@@ -6,7 +6,7 @@ source is embedded verbatim in the helper program sent over SSH to the last hop.
 Every frame is ``type (u8) | body length (u32) | body``, big endian.  One stream
 travels on one channel (a connection to the helper's Unix socket); it starts with
 HELLO from the laptop, answered by WELCOME or REFUSE, then DATA, ACK, EOF and RESET
-flow both ways.
+flow both ways.  A HELLO of another version raises VersionError whatever its layout.
 
 Positions count the bytes of one direction from 0; the EOF takes one more position,
 like TCP's FIN, so that it can be acknowledged.  ``received`` (in HELLO, WELCOME and
@@ -42,6 +42,14 @@ class ProtocolError(ValueError):
 
 class FrameError(ProtocolError):
     """Bytes that are not a valid frame: unknown type, bad or oversized length, bad body."""
+
+
+class VersionError(FrameError):
+    """A HELLO of another protocol version: answer REFUSE with code VERSION."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"protocol version {version}, this side speaks {VERSION}")
+        self.version = version
 
 
 class Code(enum.IntEnum):
@@ -132,6 +140,10 @@ class Hello(Frame):
 
     @classmethod
     def parse(cls, body: bytes) -> Hello:
+        # the version comes first and stays there in every version, so that a helper
+        # left running by an older release can still answer "wrong version"
+        if len(body) >= _U16.size and _U16.unpack_from(body)[0] != VERSION:
+            raise VersionError(_U16.unpack_from(body)[0])
         if len(body) < _HELLO.size:
             raise FrameError("HELLO too short")
         version, mode, stream_id, received, n = _HELLO.unpack_from(body)
