@@ -238,7 +238,7 @@ class Data(Frame):
         if len(body) <= _U64.size:
             raise FrameError("DATA without payload")
         (offset,) = _U64.unpack_from(body)
-        payload = bytes(body[_U64.size :])
+        payload = body[_U64.size :]
         _position(offset + len(payload), "DATA end")
         return cls(offset, payload)
 
@@ -324,7 +324,9 @@ class FrameDecoder:
             if len(buf) < _HEADER.size + length:
                 break
             try:
-                frames.append(FRAME_TYPES[kind].parse(bytes(buf[_HEADER.size :])))
+                with memoryview(buf) as whole:  # one copy of the body, not two
+                    body = bytes(whole[_HEADER.size :])
+                frames.append(FRAME_TYPES[kind].parse(body))
             except FrameError as exc:
                 self._error = exc
                 raise
