@@ -63,6 +63,9 @@ def drive(info: dict[str, Any], token: str, until: float, state: dict[str, Any])
             seq = client("sequential", url + "api/status", token, "100")
             client("down", "127.0.0.1", str(info["forward_port"]), str(8 << 20), "1")
             state["errors"] += con["errors"] + seq["errors"]
+            for sample in con.get("error_samples", []) + seq.get("error_samples", []):
+                if len(state["error_samples"]) < 20:  # what failed, and when
+                    state["error_samples"].append(f"{time.monotonic() - start:.0f} s: {sample}")
             state["connections"] += 50 + 100 + 1
             now = time.monotonic() - start
             state["samples"].append((now, rss_mb(pids), pss_mb(pids)))
@@ -138,7 +141,8 @@ def main() -> None:
         for contender in (f"jt-{backend}" for backend in args.backends):
             info = procs.open(contender, count=1, forward=port)
             procs.check_own_ssh(info)
-            states[contender] = {"errors": 0, "connections": 0, "exception": None,
+            states[contender] = {"errors": 0, "error_samples": [], "connections": 0,
+                                 "exception": None,
                                  "samples": [(0.0, rss_mb(info["pids"]), pss_mb(info["pids"]))],
                                  "by_role": [(0.0, by_role(info))]}
             threads.append(threading.Thread(target=drive, args=(
@@ -160,7 +164,8 @@ def main() -> None:
         half = [(r, p) for _, r, p in second]
         summary[contender] = {
             "rounds": len(rss) - 1, "connections": state["connections"],
-            "errors": state["errors"], "exception": state["exception"],
+            "errors": state["errors"], "error_samples": state["error_samples"],
+            "exception": state["exception"],
             "first_mb": rss[0], "last_mb": rss[-1], "max_mb": max(rss),
             "second_half_growth_mb": half[-1][0] - half[0][0],
             "second_half_growth_pss_mb": half[-1][1] - half[0][1],
