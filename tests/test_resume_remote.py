@@ -1,0 +1,621 @@
+"""The remote helper of resumable streams, run locally as the last hop would run it.
+
+The helper program is started with a real Python as a subprocess (its stdin carries the
+program and settings, as over SSH), with HOME and XDG_RUNTIME_DIR in the test's own
+folder; a small laptop side in the test speaks frames to its Unix socket.  The runtime
+folder is made with ``tmp_path_factory.mktemp`` (directly under pytest's basetemp)
+rather than under ``tmp_path``: a Unix socket's path must stay under 108 bytes, and long
+test names would pass that.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+import selectors
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_tunnel import procinfo
+from jupyter_tunnel.resume import remote
+from jupyter_tunnel.resume.frames import (
+    VERSION,
+    Ack,
+    Code,
+    Data,
+    Eof,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Mode,
+    Refuse,
+    Reset,
+    Welcome,
+)
+from jupyter_tunnel.resume.replay import Stream
+
+SECRET = "s3cret-" + "x" * 20
+PYTHON38 = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
+PYTHONS = [
+    pytest.param(sys.executable, id="py3"),
+    pytest.param(PYTHON38[0] if PYTHON38 else "", id="py38",
+                 marks=pytest.mark.skipif(not PYTHON38, reason="no Python 3.8 here")),
+]
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what or cond}")
+        time.sleep(0.02)
+
+
+# --- the helper ------------------------------------------------------------------------
+
+
+@dataclass
+class Helper:
+    python: str
+    home: Path
+    run_dir: Path
+    started: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home),
+                "XDG_RUNTIME_DIR": str(self.run_dir), "LANG": "C"}
+
+    def start(self, tunnel_id: str = "t1", outage: float = 30.0, stream_limit: int = 2**20,
+              tunnel_limit: int = 2**24, secret: str = SECRET) -> dict[str, Any]:
+        settings = remote.HelperSettings(tunnel_id, secret, stream_limit, tunnel_limit, outage)
+        out = subprocess.run(["sh", "-c", remote.command(self.python)],
+                             input=remote.start_input(settings), capture_output=True,
+                             env=self.env, timeout=30, check=False)
+        assert out.stderr == b""
+        answer = json.loads(out.stdout)
+        if "pid" in answer:
+            self.started.append(answer)
+        assert out.returncode == (1 if "error" in answer else 0)
+        return dict(answer)
+
+    @property
+    def folder(self) -> Path:
+        return self.run_dir / "jupyter_tunnel" / "resume"
+
+    def gone(self, answer: dict[str, Any]) -> bool:
+        return not procinfo.is_alive(answer["pid"], answer["started"])
+
+    def stop(self, answer: dict[str, Any]) -> None:
+        """Shut the helper down through a control channel; SIGKILL if that fails."""
+        try:
+            with control(answer["socket"]) as sock:
+                sock.sendall(Reset(Code.SHUTDOWN).encode())
+                frames_until_close(sock)
+            wait_for(lambda: self.gone(answer), timeout=10, what="the helper gone")
+        except (OSError, pytest.fail.Exception):
+            if not self.gone(answer):
+                os.kill(answer["pid"], 9)
+            raise
+
+
+@pytest.fixture(params=PYTHONS)
+def helper(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Helper]:
+    base = tmp_path_factory.mktemp("h")
+    run_dir = base / "run"
+    run_dir.mkdir(mode=0o700)
+    (base / "home").mkdir()
+    h = Helper(request.param, base / "home", run_dir)
+    yield h
+    for answer in h.started:  # a test that failed may leave its helper running
+        if not h.gone(answer):
+            h.stop(answer)
+    leftovers = sorted(str(p) for p in base.rglob("*") if not p.is_dir())
+    for p in leftovers:
+        os.unlink(p)
+    assert leftovers == []
+
+
+# --- a laptop side ---------------------------------------------------------------------
+
+
+class Refused(Exception):
+    def __init__(self, frame: Refuse | Reset) -> None:
+        super().__init__(f"{type(frame).__name__} {Code(frame.code).name}: {frame.reason}")
+        self.code = frame.code
+
+
+class Laptop:
+    """One stream's near end, speaking frames over a channel to the helper."""
+
+    def __init__(self, path: str, stream_id: int, limit: int = 2**20,
+                 secret: str = SECRET) -> None:
+        self.path, self.secret = path, secret.encode()
+        self.stream = Stream(stream_id, limit)
+        self.sock: socket.socket | None = None
+        self.decoder = FrameDecoder()
+        self.down = bytearray()
+        self.reset: Reset | None = None
+        self.resumes = 0
+
+    def _hello(self, hello: Hello) -> tuple[Welcome, list[Frame]]:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(20)
+        self.sock.connect(self.path)
+        self.decoder = FrameDecoder()
+        self.sock.sendall(hello.encode())
+        frames: list[Frame] = []
+        while not frames:
+            data = self.sock.recv(65536)
+            assert data, "the helper closed the channel without an answer"
+            frames = self.decoder.feed(data)
+        first, rest = frames[0], frames[1:]
+        if isinstance(first, Refuse):
+            self.close()
+            raise Refused(first)
+        assert isinstance(first, Welcome), first
+        return first, rest
+
+    def open(self, target: str) -> None:
+        hello = Hello(VERSION, Mode.NEW, self.stream.stream_id, 0, self.secret, target)
+        for frame in self._hello(hello)[1]:
+            self._on(frame)
+
+    def resume(self, secret: bytes | None = None) -> None:
+        count = self.stream.reader.take_count()
+        self.resumes += 1
+        welcome, rest = self._hello(Hello(VERSION, Mode.RESUME, self.stream.stream_id, count,
+                                          secret or self.secret))
+        # WELCOME's count first: the ACKs after it may already be higher
+        replay = self.stream.resume(welcome.received)
+        for frame in rest:
+            self._on(frame)
+        assert self.sock is not None
+        self.sock.sendall(b"".join(f.encode() for f in replay))
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _on(self, frame: Frame) -> None:
+        if isinstance(frame, Data | Eof):
+            self.down += self.stream.reader.receive(frame)
+        elif isinstance(frame, Ack):
+            self.stream.on_ack(frame.received)
+        elif isinstance(frame, Reset):
+            self.reset = frame
+        else:
+            raise AssertionError(f"unexpected {frame}")
+
+    def pump(self, upload: bytes = b"", eof: bool = True, until: Callable[[], bool] | None = None,
+             cuts: list[int] | None = None, timeout: float = 60.0) -> None:
+        """Send ``upload`` (then EOF), receive, ack; close and resume at each cut (bytes
+        received); return when done (both EOFs, ours acknowledged) or ``until``."""
+        cuts = sorted(cuts or [])
+        sel = selectors.DefaultSelector()
+        assert self.sock is not None
+        self.sock.setblocking(False)
+        sel.register(self.sock, selectors.EVENT_READ)
+        out = bytearray()
+        pos = self.stream.writer.sent
+        deadline = time.monotonic() + timeout
+        while True:
+            writer, reader = self.stream.writer, self.stream.reader
+            if (until or self._done)():
+                break
+            assert self.reset is None, self.reset
+            assert time.monotonic() < deadline, "the transfer stalled"
+            if cuts and len(self.down) >= cuts[0]:
+                cuts.pop(0)
+                sel.unregister(self.sock)
+                self.close()
+                out.clear()
+                self.resume()
+                assert self.sock is not None
+                self.sock.setblocking(False)
+                sel.register(self.sock, selectors.EVENT_READ)
+            take = min(writer.room, len(upload) - pos, 256 * 1024)
+            if take > 0 and len(out) < 2**20:
+                out += b"".join(f.encode() for f in writer.write(upload[pos:pos + take]))
+                pos += take
+            if eof and pos == len(upload) and not writer.eof:
+                out += writer.write_eof().encode()
+            if reader.unacked:
+                out += Ack(reader.take_count()).encode()
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+            sel.modify(self.sock, events)
+            for _, mask in sel.select(0.2):
+                if mask & selectors.EVENT_WRITE:
+                    try:
+                        del out[:self.sock.send(out)]
+                    except BlockingIOError:
+                        pass
+                    except OSError:  # the helper closed: read its last words
+                        self.sock.setblocking(True)
+                        for frame in frames_until_close(self.sock, reset_ok=True):
+                            self._on(frame)
+                        assert self.reset is None, self.reset
+                        raise
+                if mask & selectors.EVENT_READ:
+                    data = self.sock.recv(2**20)
+                    assert data, "the helper closed the channel"
+                    for frame in self.decoder.feed(data):
+                        self._on(frame)
+        if out:
+            self.sock.setblocking(True)
+            self.sock.sendall(out)
+        sel.close()
+        self.sock.settimeout(20)
+
+    def _done(self) -> bool:
+        return self.stream.writer.eof_acked and self.stream.reader.eof \
+            and not self.stream.reader.unacked
+
+
+def control(path: str, secret: str = SECRET) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(20)
+    sock.connect(path)
+    hello = Hello(VERSION, Mode.NEW, 0, 0, secret.encode(), remote.CONTROL_TARGET)
+    sock.sendall(hello.encode())
+    assert FrameDecoder().feed(sock.recv(100)) == [Welcome(0)]
+    return sock
+
+
+def frames_until_close(sock: socket.socket, reset_ok: bool = False) -> list[Frame]:
+    decoder, frames = FrameDecoder(), []
+    try:
+        while data := sock.recv(65536):
+            frames += decoder.feed(data)
+    except ConnectionResetError:
+        if not reset_ok:
+            raise
+    return frames
+
+
+# --- targets ---------------------------------------------------------------------------
+
+
+class Target:
+    """A TCP server on loopback; ``handle(conn)`` runs in a thread per connection."""
+
+    def __init__(self, handle: Callable[[socket.socket], Any]) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.handle = handle
+        self.results: list[Any] = []
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.results.append(self.handle(conn))
+        except Exception as exc:
+            self.results.append(exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def targets() -> Iterator[Callable[[Callable[[socket.socket], Any]], Target]]:
+    made: list[Target] = []
+
+    def make(handle: Callable[[socket.socket], Any]) -> Target:
+        made.append(Target(handle))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def echo(conn: socket.socket) -> str:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+    return "eof"
+
+
+def bulk(down: bytes) -> Callable[[socket.socket], Any]:
+    """Send ``down`` in small slow-ish pieces while reading the upload; return its sha256."""
+
+    def handle(conn: socket.socket) -> str:
+        got = hashlib.sha256()
+
+        def read() -> None:
+            while data := conn.recv(65536):
+                got.update(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        for i in range(0, len(down), 32768):
+            conn.sendall(down[i:i + 32768])
+            if i % (1024 * 1024) == 0:
+                time.sleep(0.01)
+        conn.shutdown(socket.SHUT_WR)
+        reader.join()
+        return got.hexdigest()
+
+    return handle
+
+
+def until_reset(conn: socket.socket) -> str:
+    """Read until the end; say whether it came as a reset or an EOF."""
+    conn.settimeout(60)
+    try:
+        while conn.recv(65536):
+            pass
+    except ConnectionResetError:
+        return "reset"
+    return "eof"
+
+
+# --- tests -----------------------------------------------------------------------------
+
+
+def test_a_stream_carries_data_both_ways_with_half_close(helper: Helper, targets: Any) -> None:
+    answer = helper.start()
+    target = targets(echo)
+    laptop = Laptop(answer["socket"], 1)
+    laptop.open(target.address)
+    upload = random.Random(1).randbytes(3 * 2**20)
+    laptop.pump(upload)  # sends everything then EOF; the echo comes back after our EOF
+    assert hashlib.sha256(laptop.down).digest() == hashlib.sha256(upload).digest()
+    wait_for(lambda: target.results == ["eof"], what="the target's clean end")
+    laptop.close()
+    helper.stop(answer)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_streams_resume_after_cuts_at_random_points(helper: Helper, targets: Any,
+                                                     seed: int) -> None:
+    """Three streams at once, each cut six times: every byte arrives once, both ways."""
+    rng = random.Random(seed)
+    answer = helper.start(stream_limit=512 * 1024)
+    failures: list[BaseException] = []
+
+    def one(stream_id: int) -> None:
+        try:
+            down = rng.randbytes(4 * 2**20 + rng.randrange(1000))
+            upload = rng.randbytes(3 * 2**20 + rng.randrange(1000))
+            target = targets(bulk(down))
+            laptop = Laptop(answer["socket"], stream_id, limit=512 * 1024)
+            laptop.open(target.address)
+            cuts = sorted(rng.randrange(1, len(down)) for _ in range(6))
+            laptop.pump(upload, cuts=cuts)
+            assert laptop.resumes == len(cuts)
+            assert hashlib.sha256(laptop.down).digest() == hashlib.sha256(down).digest()
+            wait_for(lambda: target.results, what="the target's end")
+            assert target.results == [hashlib.sha256(upload).hexdigest()]
+            laptop.close()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    helper.stop(answer)
+
+
+def test_a_wrong_secret_is_refused_and_the_stream_goes_on(helper: Helper, targets: Any) -> None:
+    answer = helper.start()
+    target = targets(echo)
+    laptop = Laptop(answer["socket"], 3)
+    laptop.open(target.address)
+    laptop.pump(b"before", eof=False, until=lambda: bytes(laptop.down) == b"before")
+    laptop.close()
+    with pytest.raises(Refused) as refused:
+        laptop.resume(secret=b"not the secret")
+    assert refused.value.code == Code.SECRET
+    with pytest.raises(Refused) as refused:
+        Laptop(answer["socket"], 4, secret="wrong").open(target.address)
+    assert refused.value.code == Code.SECRET
+    laptop.resume()
+    laptop.pump(b"before and after")
+    assert bytes(laptop.down) == b"before and after"
+    laptop.close()
+    assert len(target.conns) == 1
+    helper.stop(answer)
+
+
+def test_a_second_start_reports_the_running_helper(helper: Helper) -> None:
+    first = helper.start("same")
+    second = helper.start("same")
+    assert second == {**first, "existing": True}
+    assert first["existing"] is False
+    other = helper.start("other")
+    assert other["pid"] != first["pid"] and other["socket"] != first["socket"]
+    helper.stop(other)
+    helper.stop(first)
+    assert list(helper.folder.iterdir()) == []
+
+
+def test_an_outage_longer_than_the_limit_resets_the_target(helper: Helper,
+                                                           targets: Any) -> None:
+    answer = helper.start(outage=1.0)
+    target = targets(until_reset)
+    keep = control(answer["socket"])  # the laptop is there, only this stream's channel is cut
+    laptop = Laptop(answer["socket"], 5)
+    laptop.open(target.address)
+    laptop.pump(b"hello", eof=False, until=lambda: laptop.stream.writer.acked == 5)
+    laptop.close()
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+    with pytest.raises(Refused) as refused:
+        laptop.resume()
+    assert refused.value.code == Code.OUTAGE
+    keep.close()
+    wait_for(lambda: helper.gone(answer), what="the helper ends once the laptop is gone")
+    assert list(helper.folder.iterdir()) == []
+
+
+def test_a_stream_over_its_limit_is_reset_at_both_ends(helper: Helper, targets: Any) -> None:
+    answer = helper.start(stream_limit=256 * 1024)
+    go = threading.Event()
+
+    def stalled(conn: socket.socket) -> str:
+        go.wait(60)
+        return until_reset(conn)
+
+    target = targets(stalled)
+    other = Laptop(answer["socket"], 1)
+    other.open(targets(echo).address)
+    laptop = Laptop(answer["socket"], 2, limit=64 * 2**20)  # a laptop that ignores the limit
+    laptop.open(target.address)
+    with pytest.raises(AssertionError, match="stream limit"):
+        laptop.pump(random.randbytes(32 * 2**20))
+    assert laptop.reset is not None and laptop.reset.code == Code.OVERFLOW
+    go.set()
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+    other.pump(b"the other stream is fine")  # the other stream goes on
+    assert bytes(other.down) == b"the other stream is fine"
+    other.close()
+    helper.stop(answer)
+
+
+def test_shutdown_resets_streams_and_removes_the_files(helper: Helper, targets: Any) -> None:
+    answer = helper.start()
+    target = targets(until_reset)
+    laptop = Laptop(answer["socket"], 9)
+    laptop.open(target.address)
+    laptop.pump(b"x", eof=False, until=lambda: laptop.stream.writer.acked == 1)
+    with control(answer["socket"]) as sock:
+        sock.sendall(Reset(Code.SHUTDOWN).encode())
+        assert frames_until_close(sock) == []
+        assert list(helper.folder.iterdir()) == []  # removed before the channel closed
+    assert laptop.sock is not None
+    got = frames_until_close(laptop.sock)
+    assert [type(f) for f in got] == [Reset] and got[0].code == Code.SHUTDOWN  # type: ignore[attr-defined]
+    laptop.close()
+    wait_for(lambda: helper.gone(answer), what="the helper gone")
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+
+
+def test_a_helper_without_laptop_ends_after_the_outage_limit(helper: Helper) -> None:
+    answer = helper.start(outage=1.0)
+    assert (helper.folder / "t1.sock").exists()
+    wait_for(lambda: helper.gone(answer), what="the helper ends alone")
+    assert list(helper.folder.iterdir()) == []
+
+
+def test_files_are_private_and_the_state_proves_the_process(helper: Helper) -> None:
+    answer = helper.start()
+    folder = helper.folder
+    assert answer["socket"] == str(folder / "t1.sock")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK((folder / "t1.sock").stat().st_mode)
+    assert stat.S_IMODE((folder / "t1.sock").stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / "t1.json").stat().st_mode) == 0o600
+    state = json.loads((folder / "t1.json").read_text())
+    assert SECRET not in (folder / "t1.json").read_text()
+    assert state == {**procinfo.identity(answer["pid"]), "socket": answer["socket"],  # type: ignore[dict-item]
+                     "version": VERSION}
+    assert procinfo.is_same(state["pid"], state["started"], state["cmdline"])
+    assert SECRET not in " ".join(state["cmdline"])
+    helper.stop(answer)
+
+
+def test_an_unsafe_folder_is_refused_and_an_unusable_runtime_dir_avoided(helper: Helper) -> None:
+    helper.folder.mkdir(parents=True, mode=0o700)
+    helper.folder.chmod(0o770)
+    assert "writable by group or others" in helper.start()["error"]
+    helper.folder.chmod(0o700)
+    helper.run_dir.chmod(0o755)  # not a private runtime dir: use ~/.cache instead
+    answer = helper.start()
+    assert answer["socket"] == str(helper.home / ".cache/jupyter_tunnel/resume/t1.sock")
+    assert stat.S_IMODE((helper.home / ".cache/jupyter_tunnel/resume").stat().st_mode) == 0o700
+    helper.stop(answer)
+
+
+@pytest.mark.parametrize("settings", [
+    "not json", '{"id": "../x", "secret": "s", "stream_limit": 1, "tunnel_limit": 1, "outage": 1}',
+    '{"id": "x", "secret": "", "stream_limit": 1, "tunnel_limit": 1, "outage": 1}',
+    '{"id": "x", "secret": "s", "stream_limit": "1", "tunnel_limit": 1, "outage": 1}',
+])
+def test_bad_settings_are_reported(helper: Helper, settings: str) -> None:
+    data = remote.start_input(remote.HelperSettings("x", "s"))
+    data = data[:data.rindex(b"{")] + settings.encode() + b"\n"
+    out = subprocess.run(["sh", "-c", remote.command(helper.python)], input=data,
+                         capture_output=True, env=helper.env, timeout=30, check=False)
+    assert out.returncode == 1
+    assert "settings" in json.loads(out.stdout)["error"]
+
+
+def test_bad_channels_are_refused_and_the_helper_lives_on(helper: Helper, targets: Any) -> None:
+    answer = helper.start()
+    target = targets(echo)
+    cases = [
+        (b"\x63garbage", Code.PROTOCOL),
+        (Ack(3).encode(), Code.PROTOCOL),
+        (Hello(VERSION, Mode.RESUME, 77, 0, SECRET.encode()).encode(), Code.UNKNOWN_STREAM),
+        (Hello(VERSION + 1, Mode.RESUME, 77, 0, SECRET.encode()).encode(), Code.VERSION),
+        (Hello(VERSION, Mode.NEW, 1, 0, SECRET.encode(), "nowhere").encode(), Code.CONNECT),
+    ]
+    for wire, code in cases:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(answer["socket"])
+            sock.sendall(wire)
+            got = frames_until_close(sock)
+            assert len(got) == 1 and isinstance(got[0], Refuse) and got[0].code == code, got
+    laptop = Laptop(answer["socket"], 1)
+    laptop.open(target.address)
+    assert laptop.sock is not None
+    laptop.sock.sendall(Data(5, b"a gap").encode())  # a frame that breaks the stream
+    got = frames_until_close(laptop.sock)
+    assert [type(f) for f in got] == [Reset] and got[0].code == Code.PROTOCOL  # type: ignore[attr-defined]
+    laptop.close()
+    fine = Laptop(answer["socket"], 2)
+    fine.open(target.address)
+    fine.pump(b"still serving")
+    assert bytes(fine.down) == b"still serving"
+    fine.close()
+    helper.stop(answer)
+
+
+def test_the_program_is_one_python_38_source_with_no_input_in_its_command() -> None:
+    import ast
+
+    source = remote.program()
+    ast.parse(source, feature_version=(3, 8))
+    assert "from ." not in source and source.count("from __future__") == 1
+    assert remote.command() == 'python3 -I -c "import sys;exec(sys.stdin.buffer.readline())"'
+    with pytest.raises(ValueError):
+        remote.command("python3; rm -rf ~")
+    settings = remote.HelperSettings("t", SECRET)
+    assert SECRET not in repr(settings)
+    assert remote.parse_reply('{"socket": "/s", "pid": 3}\n')["pid"] == 3
+    with pytest.raises(ValueError, match="did not start: nope"):
+        remote.parse_reply('{"error": "nope"}')
