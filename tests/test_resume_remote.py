@@ -80,8 +80,10 @@ class Helper:
                 "XDG_RUNTIME_DIR": str(self.run_dir), "LANG": "C"}
 
     def start(self, tunnel_id: str = "t1", outage: float = 30.0, stream_limit: int = 2**20,
-              tunnel_limit: int = 2**24, secret: str = SECRET) -> dict[str, Any]:
-        settings = remote.HelperSettings(tunnel_id, secret, stream_limit, tunnel_limit, outage)
+              tunnel_limit: int = 2**24, secret: str = SECRET, keepalive: float = 0
+              ) -> dict[str, Any]:
+        settings = remote.HelperSettings(tunnel_id, secret, stream_limit, tunnel_limit, outage,
+                                         keepalive)
         out = subprocess.run(["sh", "-c", remote.command(self.python)],
                              input=remote.start_input(settings), capture_output=True,
                              env=self.env, timeout=30, check=False)
@@ -602,6 +604,97 @@ def test_bad_channels_are_refused_and_the_helper_lives_on(helper: Helper, target
     fine.pump(b"still serving")
     assert bytes(fine.down) == b"still serving"
     fine.close()
+    helper.stop(answer)
+
+
+def test_a_resume_takes_the_stream_from_a_stale_channel(helper: Helper, targets: Any) -> None:
+    """The old SSH session may linger with the old channel open: the new channel wins."""
+    answer = helper.start()
+    target = targets(echo)
+    laptop = Laptop(answer["socket"], 4)
+    laptop.open(target.address)
+    laptop.pump(b"one ", eof=False, until=lambda: bytes(laptop.down) == b"one ")
+    stale, laptop.sock = laptop.sock, None
+    assert stale is not None
+    laptop.resume()
+    assert frames_until_close(stale) == []  # the helper let the stale channel go
+    stale.close()
+    laptop.pump(b"one two")
+    assert bytes(laptop.down) == b"one two"
+    laptop.close()
+    helper.stop(answer)
+
+
+def test_an_absent_laptop_pauses_the_application(helper: Helper, targets: Any) -> None:
+    """While no channel is attached the helper reads at most its limit from the target:
+    the sender stalls (no reset, no overflow), and everything arrives after the resume."""
+    answer = helper.start(stream_limit=256 * 1024)
+    down = random.Random(5).randbytes(48 * 2**20)
+    sent = [0]
+
+    def sender(conn: socket.socket) -> str:
+        for i in range(0, len(down), 65536):
+            conn.sendall(down[i:i + 65536])
+            sent[0] = i + 65536
+        conn.shutdown(socket.SHUT_WR)
+        return until_reset(conn)  # then EOF from the laptop's side
+
+    target = targets(sender)
+    laptop = Laptop(answer["socket"], 6, limit=256 * 1024)
+    laptop.open(target.address)
+    laptop.pump(eof=False, until=lambda: len(laptop.down) > 2**20)
+    laptop.close()
+    last = [-1]
+
+    def stalled() -> bool:
+        before, last[0] = last[0], sent[0]
+        time.sleep(0.5)  # a stall is no progress over a while
+        return before == sent[0]
+
+    wait_for(stalled, what="the sender to stall")
+    assert sent[0] < len(down) // 2
+    laptop.resume()
+    laptop.pump()
+    assert hashlib.sha256(laptop.down).digest() == hashlib.sha256(down).digest()
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["eof"]
+    laptop.close()
+    helper.stop(answer)
+
+
+def test_control_channels_need_keepalives(helper: Helper) -> None:
+    answer = helper.start(keepalive=0.3, outage=1.0)
+    silent = control(answer["socket"])
+    talking = control(answer["socket"])
+    decoder = FrameDecoder()
+    t0 = time.monotonic()
+    for n in range(20):  # 3 s of ACKs every 0.15 s, each echoed
+        talking.sendall(Ack(n).encode())
+        got: list[Frame] = []
+        while not got:
+            got = decoder.feed(talking.recv(100))
+        assert got == [Ack(n)]
+        time.sleep(0.15)
+    assert frames_until_close(silent) == []  # dropped after 3 x 0.3 s of silence
+    assert time.monotonic() - t0 < 20
+    assert not helper.gone(answer)
+    talking.close()
+    silent.close()
+    wait_for(lambda: helper.gone(answer), what="the helper ends without laptop")
+    assert list(helper.folder.iterdir()) == []
+
+
+def test_a_refused_connection_to_the_target_is_refused(helper: Helper) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    answer = helper.start()
+    with pytest.raises(Refused) as refused:
+        Laptop(answer["socket"], 1).open(f"127.0.0.1:{port}")
+    assert refused.value.code == Code.CONNECT
+    with pytest.raises(Refused) as refused:
+        Laptop(answer["socket"], 1).resume()
+    assert refused.value.code == Code.CONNECT
     helper.stop(answer)
 
 

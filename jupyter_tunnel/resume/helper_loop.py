@@ -36,6 +36,8 @@ HIGH_WATER = 512 * 1024
 MAX_CHANNELS = 1024
 #: a closing channel that does not take its last frames is dropped after this long
 CLOSE_GRACE = 5.0
+#: a channel must say HELLO within this long
+HELLO_TIMEOUT = 30.0
 TOMBSTONES = 1024
 
 _READ = selectors.EVENT_READ
@@ -55,6 +57,7 @@ class Channel:
         self.waiting = False  # a NEW's connect is under way: frames wait in ``pending``
         self.pending: list[Frame] = []
         self.closing_at: float | None = None  # close once ``out`` is sent
+        self.heard = time.monotonic()  # when the laptop last sent something
 
     def send(self, frame: Frame) -> None:
         if self.closing_at is None:
@@ -130,13 +133,15 @@ class Loop:
         self.running = False
 
     def _timeout(self) -> float:
-        now = time.monotonic()
-        starts = [h.stream.held_since for h in self.streams.values()
-                  if h.stream.held_since is not None]
+        now, outage = time.monotonic(), self.settings.outage
+        ends = [h.stream.held_since + outage for h in self.streams.values()
+                if h.stream.held_since is not None]
         if self.alone_since is not None:
-            starts.append(self.alone_since)
-        ends = [t + self.settings.outage - now for t in starts]
-        return max(0.01, min([2.0, *ends]))
+            ends.append(self.alone_since + outage)
+        if self.settings.keepalive:
+            ends += [ch.heard + 3 * self.settings.keepalive for ch in self.channels
+                     if ch.control]
+        return max(0.01, min([2.0, *(t - now for t in ends)]))
 
     def _dispatch(self, kind: str, obj: Any, mask: int) -> None:
         if kind == "listen":
@@ -195,8 +200,13 @@ class Loop:
                     self._forget(held)
                 else:
                     self._reset(held, Code.OUTAGE, f"outage longer than {self.settings.outage:g}s")
+        keepalive = self.settings.keepalive
         for ch in list(self.channels):
             if ch.closing_at is not None and (not ch.out or now - ch.closing_at > CLOSE_GRACE):
+                self._drop(ch)
+            elif ch.control and keepalive and now - ch.heard > 3 * keepalive:
+                self._drop(ch)  # a stale control channel: its SSH session lingers, dead
+            elif not ch.greeted and now - ch.heard > HELLO_TIMEOUT:
                 self._drop(ch)
             else:
                 # a closing channel still reads (and drops): a Unix socket closed with
@@ -205,7 +215,7 @@ class Loop:
                 self._set(ch.sock, reading | (_WRITE if ch.out else 0), ("channel", ch))
         for held in self.streams.values():
             self._interest(held)
-        if self.channels:
+        if any(ch.control and ch.closing_at is None for ch in self.channels):
             self.alone_since = None
         elif self.alone_since is None:
             self.alone_since = now
@@ -252,6 +262,7 @@ class Loop:
         if not data:
             self._lost(ch)
             return
+        ch.heard = time.monotonic()
         if ch.closing_at is not None:
             return
         try:
@@ -348,7 +359,7 @@ class Loop:
     def _reset(self, held: Held, code: int, reason: str) -> None:
         raise NotImplementedError
 
-    def _forget(self, held: Held, close_target: bool = False) -> None:
+    def _forget(self, held: Held) -> None:
         raise NotImplementedError
 
     def shutdown(self) -> None:

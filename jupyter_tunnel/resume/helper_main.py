@@ -7,7 +7,8 @@ Each connection to the Unix socket (a *channel*) starts with HELLO: NEW connects
 target and answers WELCOME(0) once connected (REFUSE CONNECT if not); RESUME reattaches
 a held stream (taking it from a stale channel if need be), answers WELCOME(count) and
 replays.  A NEW whose target is ``CONTROL_TARGET`` (stream id 0) opens a control
-channel: it keeps the helper alive, and a RESET with code SHUTDOWN on it ends the helper.
+channel: while one is open the helper lives on; an ACK on it is a keepalive (echoed) and
+a RESET with code SHUTDOWN ends the helper.
 The helper acknowledges only bytes written to the target, so the laptop's own limit
 bounds what the helper holds in that direction; it reads from the target at most the
 writer's room, so an absent laptop pauses the application.  Any stream that cannot end
@@ -34,6 +35,7 @@ from .frames import (
     Hello,
     Mode,
     ProtocolError,
+    Refuse,
     Reset,
     Welcome,
     secret_ok,
@@ -105,7 +107,9 @@ class Helper(Loop):
                 self.running = False  # shutdown() closes this channel once the files are gone
             elif isinstance(frame, Reset):
                 self._close_after(ch)
-            elif not isinstance(frame, Ack):  # ACKs are keepalives here
+            elif isinstance(frame, Ack):  # a keepalive: echoed, so the laptop can tell too
+                self._send(ch, frame)
+            else:
                 raise ProtocolError("only ACK and RESET on a control channel")
             return
         held = ch.held
@@ -152,7 +156,7 @@ class Helper(Loop):
         except (ValueError, OSError) as exc:
             self._refuse(ch, Code.CONNECT, f"{hello.target}: {exc}")
             return
-        stream = Stream(sid, self.settings.stream_limit, self.budget, self.settings.ack_every)
+        stream = Stream(sid, self.settings.stream_limit, self.budget)
         held = Held(stream, target)
         held.channel, ch.held, ch.waiting = ch, held, True
         self.streams[sid] = held
@@ -163,10 +167,9 @@ class Helper(Loop):
         err = held.target.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         ch = held.channel
         if err:
-            self._forget(held, close_target=True)
             if ch is not None:
-                ch.held = None
-                self._refuse(ch, Code.CONNECT, os.strerror(err))
+                ch.send(Refuse(Code.CONNECT, os.strerror(err)))
+            self._end(held, Code.CONNECT, os.strerror(err))  # closes the channel after it
             return
         held.connecting = False
         if ch is None:  # the laptop left before the answer: it will RESUME or give up
@@ -301,12 +304,8 @@ class Helper(Loop):
             self.tombs.popitem(last=False)
         self._forget(held)
 
-    def _forget(self, held: Held, close_target: bool = False) -> None:
+    def _forget(self, held: Held) -> None:
         held.stream.close()
-        if close_target and held.target is not None:
-            self._forget_sock(held.target)
-            held.target.close()
-            held.target = None
         self.streams.pop(held.stream.stream_id, None)
         ch = held.channel
         held.channel = None

@@ -4,7 +4,7 @@ Embedded in the helper program (see ``remote.py``), after ``frames`` and ``repla
 before ``helper_main``; stdlib only, Python 3.8 syntax at runtime.
 
 The program reads one JSON line of settings from stdin (``id``, ``secret``,
-``stream_limit``, ``tunnel_limit``, ``outage``, optional ``ack_every``), then prints one
+``stream_limit``, ``tunnel_limit``, ``outage``, optional ``keepalive``), then prints one
 JSON line on stdout: ``{"socket", "pid", "started", "version", "existing"}`` or
 ``{"error"}``, and exits; the helper itself runs on, detached.
 """
@@ -49,7 +49,7 @@ class Settings:
         self.stream_limit = _number(raw, "stream_limit", 1, 2**40, int)
         self.tunnel_limit = _number(raw, "tunnel_limit", 1, 2**44, int)
         self.outage = float(_number(raw, "outage", 0, 7 * 86400, float))
-        self.ack_every = _number(raw, "ack_every", 1, 2**30, int, 64 * 1024)
+        self.keepalive = float(_number(raw, "keepalive", 0, 86400, float, 0))
 
 
 def _number(raw: dict[str, Any], key: str, low: float, high: float, kind: type,

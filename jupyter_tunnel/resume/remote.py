@@ -18,8 +18,10 @@ The helper lives in ``$XDG_RUNTIME_DIR/jupyter_tunnel/resume`` (that runtime dir
 the user's own and 0700), else ``~/.cache/jupyter_tunnel/resume``; the folder is 0700,
 refused if another user could change it.  There it keeps ``<id>.sock`` (0600, the only
 listener) and ``<id>.json`` (0600: pid, started, cmdline, socket, version), both removed
-when it ends: after a control channel's RESET(SHUTDOWN), on SIGTERM, or once no channel
-has been open for the outage limit.  See ``helper_main`` for the channels' protocol.
+when it ends: after a control channel's RESET(SHUTDOWN), on SIGTERM, or once no control
+channel has been open for the outage limit (the laptop keeps one open while it lives,
+sending an ACK at least every ``keepalive`` seconds; the helper echoes it, and drops a
+control channel silent for three times that).  See ``helper_main`` for the channels.
 """
 
 from __future__ import annotations
@@ -74,12 +76,13 @@ class HelperSettings:
     stream_limit: int = 16 * 2**20
     tunnel_limit: int = 256 * 2**20
     outage: float = 900.0
+    keepalive: float = 10.0  # 0: control channels are never dropped for silence
 
     def to_json(self) -> str:
         """One line of JSON."""
         return json.dumps({"id": self.tunnel_id, "secret": self.secret,
                            "stream_limit": self.stream_limit, "tunnel_limit": self.tunnel_limit,
-                           "outage": self.outage})
+                           "outage": self.outage, "keepalive": self.keepalive})
 
 
 def start_input(settings: HelperSettings) -> bytes:
