@@ -179,7 +179,9 @@ class OpenSSHBackend:
         master.lost = loss(said, master.chain, master.keepalive)
         target = master.chain[-1]
         first = master.chain[0]
-        if first is not target and (master.lost is None or master.lost[0] is target) and \
+        named_target = master.lost is not None and master.lost[0] is target and \
+            not master.lost[2]  # a keepalive timeout names its hop itself
+        if first is not target and (master.lost is None or named_target) and \
                 not _accepts(first, 1.0):
             # ssh's words are ambiguous here: a jump helper that loses its connection while
             # sending may say only "Broken pipe", and the master then says its target
