@@ -38,7 +38,10 @@ MAX_CHANNELS = 1024
 CLOSE_GRACE = 5.0
 #: a channel must say HELLO within this long
 HELLO_TIMEOUT = 30.0
+#: how many ended streams are remembered, with how they ended
 TOMBSTONES = 1024
+#: a tombstone's code for a stream that ended cleanly (every Code is above it)
+COMPLETE = 0
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -76,6 +79,7 @@ class Held:
         self.target_shut = False  # we sent the laptop's EOF on to the target
         self.channel: Channel | None = None
         self.last_ack = 0
+        self.reason = ""  # why it was reset
 
     @property
     def delivered(self) -> int:
@@ -100,7 +104,7 @@ class Loop:
         self.sel = selectors.DefaultSelector()
         self.streams: dict[int, Held] = {}
         self.channels: set[Channel] = set()
-        self.tombs: OrderedDict[int, tuple[int, str]] = OrderedDict()
+        self.tombs: OrderedDict[int, tuple[int, str, int]] = OrderedDict()  # code, why, count
         self.budget = Budget(settings.tunnel_limit)
         self.alone_since: float | None = time.monotonic()
         self.running = True

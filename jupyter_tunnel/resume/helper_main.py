@@ -44,6 +44,7 @@ from .frames import (
 from .helper_loop import (
     _WRITE,
     CLOSE_GRACE,
+    COMPLETE,
     CONTROL_TARGET,
     READ_SIZE,
     TOMBSTONES,
@@ -190,8 +191,13 @@ class Helper(Loop):
     def _resume(self, ch: Channel, hello: Hello) -> None:
         held = self.streams.get(hello.stream_id)
         if held is None:
-            code, reason = self.tombs.get(hello.stream_id, (Code.UNKNOWN_STREAM, "no such stream"))
-            self._refuse(ch, code, reason)
+            code, reason, count = self.tombs.get(hello.stream_id,
+                                                 (Code.UNKNOWN_STREAM, "no such stream", 0))
+            if code == COMPLETE:  # it ended cleanly while the laptop missed our last ACK
+                ch.send(Welcome(count))
+                self._close_after(ch)
+            else:
+                self._refuse(ch, code, reason)
             return
         old = held.channel
         if old is not None:  # a stale channel (its SSH session lingers): the new one wins
@@ -299,14 +305,25 @@ class Helper(Loop):
             self._forget_sock(held.target)
             _rst(held.target)
             held.target = None
-        self.tombs[held.stream.stream_id] = (code, reason)
+        if held.stream.reset_code is None:
+            held.reason = reason
+        held.stream.reset(code, reason)
+        self._forget(held)
+
+    def _tomb(self, held: Held) -> None:
+        """Remember how a stream ended, for a laptop that resumes it afterwards."""
+        stream = held.stream
+        if stream.reset_code is None:
+            self.tombs[stream.stream_id] = (COMPLETE, "", stream.reader.received)
+        else:
+            self.tombs[stream.stream_id] = (stream.reset_code, held.reason, 0)
         while len(self.tombs) > TOMBSTONES:
             self.tombs.popitem(last=False)
-        self._forget(held)
 
     def _forget(self, held: Held) -> None:
         held.stream.close()
-        self.streams.pop(held.stream.stream_id, None)
+        if self.streams.pop(held.stream.stream_id, None) is not None:
+            self._tomb(held)
         ch = held.channel
         held.channel = None
         if ch is not None and ch.held is held:
