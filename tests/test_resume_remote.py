@@ -16,6 +16,7 @@ import json
 import os
 import random
 import selectors
+import signal
 import socket
 import stat
 import subprocess
@@ -530,6 +531,23 @@ def test_shutdown_resets_streams_and_removes_the_files(helper: Helper, targets: 
     wait_for(lambda: helper.gone(answer), what="the helper gone")
     wait_for(lambda: target.results, what="the target's end")
     assert target.results == ["reset"]
+
+
+def test_sigterm_ends_the_helper_like_a_shutdown(helper: Helper, targets: Any) -> None:
+    answer = helper.start()
+    target = targets(until_reset)
+    laptop = Laptop(answer["socket"], 2)
+    laptop.open(target.address)
+    laptop.pump(b"x", eof=False, until=lambda: laptop.stream.writer.acked == 1)
+    os.kill(answer["pid"], signal.SIGTERM)
+    assert laptop.sock is not None
+    got = frames_until_close(laptop.sock)
+    assert [type(f) for f in got] == [Reset] and got[0].code == Code.SHUTDOWN  # type: ignore[attr-defined]
+    laptop.close()
+    wait_for(lambda: helper.gone(answer), what="the helper gone")
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+    assert list(helper.folder.iterdir()) == []
 
 
 def test_a_helper_without_laptop_ends_after_the_outage_limit(helper: Helper) -> None:

@@ -93,7 +93,6 @@ class Held:
         return self.target is None and self.stream.reset_code is None
 
 
-
 class Loop:
     """The event loop of one helper, and its channels."""
 
@@ -317,7 +316,7 @@ class Loop:
         self._flush(ch)
 
     def _close_after(self, ch: Channel) -> None:
-        """Send what is queued, then close (the channel reads nothing more)."""
+        """Send what is queued, then close; what the laptop still sends is read and dropped."""
         if ch.held is not None and ch.held.channel is ch:
             ch.held.channel = None
         ch.held = None
@@ -344,7 +343,6 @@ class Loop:
         self._drop(ch)
         if held is not None and held.finished:
             self._forget(held)
-
 
     # --- what the stream logic provides (helper_main) --------------------------------
 

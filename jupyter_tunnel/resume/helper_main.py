@@ -127,7 +127,6 @@ class Helper(Loop):
             held.stream.on_ack(frame.received)
             self._progress(held)
         elif isinstance(frame, Reset):
-            held.stream.reset(frame.code, frame.reason)
             self._end(held, frame.code, frame.reason)
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__.upper()} frame")
@@ -201,8 +200,8 @@ class Helper(Loop):
             return
         old = held.channel
         if old is not None:  # a stale channel (its SSH session lingers): the new one wins
-            old.held = None
             self._close_after(old)
+            held.stream.hold(time.monotonic())
         if held.connecting:
             self._refuse(ch, Code.BAD_RESUME, "the stream is still connecting")
             return
@@ -305,7 +304,7 @@ class Helper(Loop):
             self._forget_sock(held.target)
             _rst(held.target)
             held.target = None
-        if held.stream.reset_code is None:
+        if not held.reason:
             held.reason = reason
         held.stream.reset(code, reason)
         self._forget(held)
@@ -368,6 +367,7 @@ class Helper(Loop):
         for ch in list(self.channels):
             self._drop(ch)
         waiting.close()
+
 
 def serve(settings: Settings, listener: socket.socket, sock_path: str, state_path: str) -> None:
     """Run the helper; remove its socket and state file when it ends."""
