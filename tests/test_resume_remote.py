@@ -520,6 +520,13 @@ def test_shutdown_resets_streams_and_removes_the_files(helper: Helper, targets: 
     laptop = Laptop(answer["socket"], 9)
     laptop.open(target.address)
     laptop.pump(b"x", eof=False, until=lambda: laptop.stream.writer.acked == 1)
+    # laptops that stopped reading without the helper knowing: sending their RESET fails
+    gone = [targets(until_reset) for _ in range(3)]
+    deaf = [Laptop(answer["socket"], 20 + i) for i in range(3)]
+    for other, lost in zip(gone, deaf, strict=True):
+        lost.open(other.address)
+        assert lost.sock is not None
+        lost.sock.shutdown(socket.SHUT_RD)
     with control(answer["socket"]) as sock:
         sock.sendall(Reset(Code.SHUTDOWN).encode())
         assert frames_until_close(sock) == []
@@ -528,9 +535,12 @@ def test_shutdown_resets_streams_and_removes_the_files(helper: Helper, targets: 
     got = frames_until_close(laptop.sock)
     assert [type(f) for f in got] == [Reset] and got[0].code == Code.SHUTDOWN  # type: ignore[attr-defined]
     laptop.close()
+    for lost in deaf:
+        lost.close()
     wait_for(lambda: helper.gone(answer), what="the helper gone")
-    wait_for(lambda: target.results, what="the target's end")
-    assert target.results == ["reset"]
+    for t in [target, *gone]:
+        wait_for(lambda t=t: t.results, what="the target's end")  # type: ignore[misc]
+        assert t.results == ["reset"]
 
 
 def test_sigterm_ends_the_helper_like_a_shutdown(helper: Helper, targets: Any) -> None:

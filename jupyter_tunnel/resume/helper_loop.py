@@ -122,15 +122,17 @@ class Loop:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self._set(self.listener, _READ, ("listen", None))
         self._set(self._wake_r, _READ, ("wake", None))
-        while self.running:
-            for key, mask in self.sel.select(self._timeout()):
-                kind, obj = key.data
-                try:
-                    self._dispatch(kind, obj, mask)
-                except Exception as exc:  # a bug must cost one stream, never the helper
-                    self._fault(kind, obj, exc)
-            self._tick(time.monotonic())
-        self.shutdown()
+        try:
+            while self.running:
+                for key, mask in self.sel.select(self._timeout()):
+                    kind, obj = key.data
+                    try:
+                        self._dispatch(kind, obj, mask)
+                    except Exception as exc:  # a bug must cost one stream, not the helper
+                        self._fault(kind, obj, exc)
+                self._tick(time.monotonic())
+        finally:
+            self.shutdown()  # even after a bug: the targets must see resets, not EOFs
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.running = False
@@ -178,6 +180,9 @@ class Loop:
     def _set(self, sock: socket.socket, events: int, data: Any = None) -> None:
         old = self._events.get(sock, 0)
         if events == old:
+            return
+        if sock.fileno() < 0:  # closed meanwhile
+            self._forget_sock(sock)
             return
         if not events:
             self.sel.unregister(sock)
@@ -321,8 +326,9 @@ class Loop:
             ch.held.channel = None
         ch.held = None
         self._flush(ch)
-        ch.closing_at = time.monotonic()
-        self._set(ch.sock, _READ | (_WRITE if ch.out else 0), ("channel", ch))
+        if ch in self.channels:  # the flush finds out when the laptop has gone
+            ch.closing_at = time.monotonic()
+            self._set(ch.sock, _READ | (_WRITE if ch.out else 0), ("channel", ch))
 
     def _refuse(self, ch: Channel, code: int, reason: str) -> None:
         ch.send(Refuse(code, reason))

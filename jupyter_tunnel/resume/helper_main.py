@@ -331,10 +331,14 @@ class Helper(Loop):
     def shutdown(self) -> None:
         """Reset every stream held, tell attached laptops, close everything."""
         for held in list(self.streams.values()):
-            if held.finished:
-                self._forget(held)
-            else:
-                self._reset(held, Code.SHUTDOWN, "the helper is shutting down")
+            try:
+                if held.finished:
+                    self._forget(held)
+                else:
+                    self._reset(held, Code.SHUTDOWN, "the helper is shutting down")
+            except Exception:
+                if held.target is not None:
+                    _rst(held.target)
         for path in self.files:  # gone before any laptop sees its channel close
             _unlink(path)
         self._forget_sock(self.listener)
