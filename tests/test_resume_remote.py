@@ -560,6 +560,22 @@ def test_sigterm_ends_the_helper_like_a_shutdown(helper: Helper, targets: Any) -
     assert list(helper.folder.iterdir()) == []
 
 
+def test_a_killed_helper_leaves_resets_not_eofs(helper: Helper, targets: Any) -> None:
+    answer = helper.start()
+    target = targets(until_reset)
+    laptop = Laptop(answer["socket"], 2)
+    laptop.open(target.address)
+    laptop.pump(b"x", eof=False, until=lambda: laptop.stream.writer.acked == 1)
+    os.kill(answer["pid"], signal.SIGKILL)
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+    laptop.close()
+    wait_for(lambda: helper.gone(answer), what="the helper gone")
+    assert sorted(p.name for p in helper.folder.iterdir()) == ["t1.json", "t1.sock"]
+    for p in helper.folder.iterdir():  # what cleanup will remove, once the pid is proven gone
+        p.unlink()
+
+
 def test_a_helper_without_laptop_ends_after_the_outage_limit(helper: Helper) -> None:
     answer = helper.start(outage=1.0)
     assert (helper.folder / "t1.sock").exists()

@@ -55,14 +55,15 @@ from .helper_loop import (
 from .helper_start import Settings
 from .replay import Overflow, Stream
 
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+_CLEAN_CLOSE = struct.pack("ii", 0, 0)
+
 
 def _rst(sock: socket.socket) -> None:
     """Close with a reset, never a clean FIN: the application must not see a complete end."""
-    try:
+    with contextlib.suppress(OSError):
         if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     sock.close()
 
 
@@ -88,6 +89,9 @@ def _connect(where: tuple[str, int] | str) -> socket.socket:
         sock.close()
         raise OSError(err, os.strerror(err))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # until the stream is complete, any close is a reset: also the kernel's, should the
+    # helper be killed (a clean end switches this off before closing)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     return sock
 
 
@@ -284,6 +288,9 @@ class Helper(Loop):
             # complete both ways: the target gets its clean close; the record stays for a
             # resume of a laptop that did not hear our last ACK, until its channel closes
             self._forget_sock(target)
+            if target.family != socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    target.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _CLEAN_CLOSE)
             target.close()
             held.target = None
             stream.close()
