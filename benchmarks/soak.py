@@ -12,7 +12,10 @@ highest, and the growth over the second half (a leak keeps growing there, an
 allocator's high-water mark does not): its last sample less its first, and the slope of
 a least-squares line through all its samples times its length (less swayed by where in
 its ups and downs a single sample falls), and the errors (exit 1 when there were any).
-The JSON has the metadata of run.py's.
+The summary also gives the growth between bursts (the lowest sample of the last 150 s of
+the second half less that of its first 150 s) and, for the Python process, the trend of
+each kind of memory (heap, malloc arenas, thread stacks, files, other). The JSON has the
+metadata of run.py's.
 """
 
 from __future__ import annotations
@@ -70,8 +73,43 @@ def drive(info: dict[str, Any], token: str, until: float, state: dict[str, Any])
             now = time.monotonic() - start
             state["samples"].append((now, rss_mb(pids), pss_mb(pids)))
             state["by_role"].append((now, by_role(info)))
+            python = [int(p) for p, role in info["roles"].items() if role == "python"]
+            state["by_mapping"].append((now, by_mapping(python)))
     except Exception as exc:  # reported in the summary, fails the run
         state["exception"] = f"{type(exc).__name__}: {exc}"
+
+
+def by_mapping(pids: list[int]) -> dict[str, float]:
+    """RSS in MB of these processes by kind of mapping: ``heap`` (brk), ``arenas`` (malloc's
+    64 MiB-aligned heaps of other threads, anonymous), ``stacks`` (threads' 8 MiB stacks),
+    ``files`` (mapped files) and ``other`` anonymous memory; tells which one creeps."""
+    kinds = dict.fromkeys(("heap", "arenas", "stacks", "files", "other"), 0.0)
+    for pid in set(pids):
+        try:
+            text = Path(f"/proc/{pid}/smaps").read_text()
+        except OSError:
+            continue
+        kind = "other"
+        for line in text.splitlines():
+            head = line.split()
+            if head and "-" in head[0] and ":" not in head[0]:
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                size, name = end - start, head[5] if len(head) > 5 else ""
+                if name == "[heap]":
+                    kind = "heap"
+                elif name.startswith("/"):
+                    kind = "files"
+                elif name:
+                    kind = "other"
+                elif abs(size - (8 << 20)) <= 4096:  # the guard page may be split off
+                    kind = "stacks"
+                elif size <= 64 << 20 and start % (64 << 20) == 0:
+                    kind = "arenas"
+                else:
+                    kind = "other"
+            elif line.startswith("Rss:"):
+                kinds[kind] += int(head[1]) * 1024 / 1e6
+    return kinds
 
 
 def by_role(info: dict[str, Any]) -> dict[str, float]:
@@ -94,6 +132,18 @@ def trend(points: list[tuple[float, float]]) -> float:
         return 0.0
     slope = sum((t - mean_t) * (v - mean_v) for t, v in points) / var
     return slope * (points[-1][0] - points[0][0])
+
+
+def floor_growth(samples: list[tuple[float, float, float]], window: float = 150.0) -> float:
+    """The lowest RSS of the last ``window`` seconds of ``samples`` less that of the first:
+    growth between bursts (a sample taken right after a burst of 50 fetches can sit
+    several MB above its neighbours)."""
+    if not samples:
+        return 0.0
+    start, end = samples[0][0], samples[-1][0]
+    first = [r for t, r, _ in samples if t < start + window] or [samples[0][1]]
+    last = [r for t, r, _ in samples if t > end - window] or [samples[-1][1]]
+    return min(last) - min(first)
 
 
 BACKENDS = ("openssh", "sshtunnel")
@@ -142,6 +192,7 @@ def main() -> None:
             info = procs.open(contender, count=1, forward=port)
             procs.check_own_ssh(info)
             states[contender] = {"errors": 0, "error_samples": [], "connections": 0,
+                                 "by_mapping": [],
                                  "exception": None,
                                  "samples": [(0.0, rss_mb(info["pids"]), pss_mb(info["pids"]))],
                                  "by_role": [(0.0, by_role(info))]}
@@ -174,7 +225,11 @@ def main() -> None:
             "second_half_trend_by_role_mb": {
                 role: trend([(t, r[role]) for t, r in state["by_role"]
                              if t >= second[0][0] and role in r])
-                for role in state["by_role"][0][1]}}
+                for role in state["by_role"][0][1]},
+            "second_half_floor_growth_mb": floor_growth(second),
+            "second_half_trend_by_mapping_mb": {
+                kind: trend([(t, m[kind]) for t, m in state["by_mapping"] if t >= second[0][0]])
+                for kind in (state["by_mapping"][0][1] if state["by_mapping"] else {})}}
         print(f"{contender}: {summary[contender]}")
     if args.json:
         info_meta = meta(started, load_before,
@@ -183,7 +238,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(
             {"meta": info_meta, "summary": summary,
              "samples": {c: s["samples"] for c, s in states.items()},
-             "samples_by_role": {c: s["by_role"] for c, s in states.items()}}, indent=1))
+             "samples_by_role": {c: s["by_role"] for c, s in states.items()},
+             "samples_by_mapping": {c: s["by_mapping"] for c, s in states.items()}}, indent=1))
     bad = [c for c, s in summary.items() if s["errors"] or s["exception"]]
     if bad:
         sys.exit(f"FAILED: errors or an exception in {', '.join(bad)} (see above)")
