@@ -294,6 +294,10 @@ class Loop:
             except Overflow as exc:
                 if ch.held is not None:
                     self._reset(ch.held, Code.OVERFLOW, str(exc))
+        held = ch.held
+        if held is not None and held.to_target and held.target is not None \
+                and not held.connecting:
+            self._target_write(held)  # at once, once for all the frames of this read
 
     def _protocol_error(self, ch: Channel, exc: Exception) -> None:
         if ch.held is not None:
