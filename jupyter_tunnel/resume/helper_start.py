@@ -1,7 +1,7 @@
 """Start of the remote helper: settings, its private folder, the state file, daemonizing.
 
 Embedded in the helper program (see ``remote.py``), after ``frames`` and ``replay`` and
-before ``helper_main``; stdlib only, Python 3.8 syntax at runtime.
+before ``helper_loop`` and ``helper_main``; stdlib only, Python 3.8 syntax at runtime.
 
 The program reads one JSON line of settings from stdin (``id``, ``secret``,
 ``stream_limit``, ``tunnel_limit``, ``outage``, optional ``keepalive``), then prints one
