@@ -437,6 +437,30 @@ def test_streams_resume_after_cuts_at_random_points(helper: Helper, targets: Any
     helper.stop(answer)
 
 
+def test_data_may_follow_hello_before_welcome(helper: Helper, targets: Any) -> None:
+    """A laptop may send its first bytes with NEW, saving a round trip per connection."""
+    answer = helper.start()
+    target = targets(echo)
+    stream = Stream(11, 2**20)
+    wire = Hello(VERSION, Mode.NEW, 11, 0, SECRET.encode(), target.address).encode()
+    wire += b"".join(f.encode() for f in stream.writer.write(b"ping"))
+    wire += stream.writer.write_eof().encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(answer["socket"])
+        sock.sendall(wire)
+        decoder, got, down = FrameDecoder(), [], b""
+        while not stream.reader.eof:
+            for frame in decoder.feed(sock.recv(65536)):
+                got.append(type(frame).__name__)
+                if isinstance(frame, Data | Eof):
+                    down += stream.reader.receive(frame)
+        assert got[0] == "Welcome" and down == b"ping"
+        sock.sendall(Ack(stream.reader.take_count()).encode())
+    wait_for(lambda: target.results == ["eof"], what="the target's clean end")
+    helper.stop(answer)
+
+
 def test_a_wrong_secret_is_refused_and_the_stream_goes_on(helper: Helper, targets: Any) -> None:
     answer = helper.start()
     target = targets(echo)
