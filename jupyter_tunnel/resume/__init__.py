@@ -9,4 +9,9 @@ and replayed after a reconnect.
   only, embedded verbatim in the remote helper.
 - ``replay``: per-stream state (send buffer, receive side, EOFs, outage timing) and the
   per-tunnel buffer budget; pure logic.
+- ``remote``: the helper program run on the last hop (built from ``frames``, ``replay``,
+  ``helper_start``, ``helper_loop`` and ``helper_main``: its start and private files, its
+  event loop and channels, its streams) and how the laptop starts it.
+
+Not yet used by the tunnels: the laptop side (in the backends) comes next.
 """
