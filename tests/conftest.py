@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,19 @@ REQUIRE_NETWORK = os.environ.get("JT_REQUIRE_NETWORK") == "1"
 #: the backend of every tunnel the tests open, in process or through the CLI (its child
 #: processes inherit the variable): .ci/test runs the network tests once per backend
 BACKEND = os.environ.get("JUPYTER_TUNNEL_BACKEND") or "auto"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the CLIs the tests start be interrupted like a terminal's Ctrl-C.
+
+    A suite started as a background job of a script (``bash .ci/test &``, ``nohup``) gets
+    SIGINT ignored, and an ignored signal stays ignored across exec: every CLI started by
+    the tests would then ignore the SIGINT they send it, and Python would not even install
+    its KeyboardInterrupt handler.  A handled signal is reset to the default at exec, so
+    handling it here gives the children the disposition a terminal gives them.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header() -> str:
