@@ -5,6 +5,7 @@ must not look complete), and the backend ends its relays when it drops the conne
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 from test_backend_tuning import SSHPair, stream_until_closed
 
 from jupyter_tunnel.backends.counters import Counters
-from jupyter_tunnel.backends.relay import relay
+from jupyter_tunnel.backends.relay import abort, relay
 from jupyter_tunnel.backends.sshtunnel_backend import SSHTunnelBackend
 
 
@@ -223,6 +224,33 @@ def test_the_backend_ends_its_relays(tcp_pairs: Any, how: str) -> None:
     finally:
         backend.close()
         pair.close()
+
+
+def test_abort_resets_a_connection_another_thread_is_stuck_writing_to(tcp_pairs: Any) -> None:
+    """What the backend does to a relay stuck writing to a client that does not read: the
+    writer is freed and the client, reading on, gets a reset, never a clean end (a
+    shutdown() would send a FIN first, and the client would read it as a whole answer)."""
+    client, server = tcp_pairs()
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            while True:
+                server.sendall(b"x" * 65536)
+        except OSError as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 5
+    while select.select([], [server], [], 0)[1]:  # until its buffers are full: it blocks
+        assert time.monotonic() < deadline and not failed
+        time.sleep(0.01)
+    abort(server)
+    writer.join(5)
+    assert not writer.is_alive() and failed, "the blocked writer was not freed"
+    data, error = read_to_end(client)  # the server end is not closed yet
+    assert data and isinstance(error, ConnectionResetError), (len(data), error)
 
 
 def test_retarget_swaps_the_route_whole() -> None:

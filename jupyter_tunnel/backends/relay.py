@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import selectors
 import socket
 import struct
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, cast
 
 import paramiko
 
 from .counters import Counters
 from .tuning import forget_old_channels
 
-__all__ = ["Counters", "relay", "reset"]  # Counters: from .counters, re-exported for now
+__all__ = ["Counters", "abort", "relay", "reset"]  # Counters: from .counters, re-exported for now
 
 _CHUNK = 65536
 #: seconds between checks whether a channel that sent its EOF has been closed since
@@ -28,6 +31,39 @@ def reset(sock: socket.socket) -> None:
     """Make the next ``close()`` of ``sock`` abort the connection (RST, not FIN)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+
+
+def _libc_connect() -> Callable[[int, bytes, int], int] | None:
+    """The C library's ``connect``, or None where there is none to call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).connect
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, bytes, int], int], fn)
+
+
+_CONNECT = _libc_connect()
+_UNSPEC = struct.pack("=H14x", socket.AF_UNSPEC)  # a sockaddr of family AF_UNSPEC
+
+
+def abort(sock: socket.socket) -> None:
+    """Abort ``sock``'s connection now, while another thread may be blocked writing to it:
+    the peer gets a RST and the blocked write fails.
+
+    ``shutdown()`` would wake the writer too, but it sends a FIN first: a peer still
+    reading what was queued would then see a clean end, and a cut download would look
+    complete.  ``connect()`` to an AF_UNSPEC address disconnects a TCP socket with a
+    reset on Linux; elsewhere (or if that fails) ``shutdown()`` still frees the writer.
+    """
+    reset(sock)
+    with contextlib.suppress(OSError, ValueError):
+        if _CONNECT is not None and _CONNECT(sock.fileno(), _UNSPEC, len(_UNSPEC)) == 0:
+            return
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def relay(sock: socket.socket, chan: Any, counters: Counters, *, inbound: bool = True) -> None:

@@ -32,7 +32,7 @@ from . import tuning
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
 from .counters import Counters
-from .relay import relay, reset
+from .relay import abort, relay
 
 log = logging.getLogger("jupyter_tunnel")
 # sshtunnel's own messages (we raise typed errors instead): silenced, once
@@ -372,7 +372,8 @@ class SSHTunnelBackend:
         """End the relays whose channels ride ``transports`` (None: all), once those are
         closed.  A relay notices its channel closing and resets its local end by itself;
         one still there after ``grace`` seconds is stuck writing to a local client that
-        does not read: its socket is reset and shut down, which fails that write."""
+        does not read: its connection is aborted (:func:`relay.abort`: a reset, never a
+        FIN the client could take for a complete answer), which fails that write."""
         riding = None if transports is None else set(transports)
         deadline = time.monotonic() + grace
         with self._relays_cond:
@@ -384,9 +385,7 @@ class SSHTunnelBackend:
                     break
                 self._relays_cond.wait(remaining)
             for sock in stuck:
-                reset(sock)
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                abort(sock)
 
     # state --------------------------------------------------------------------
     def alive(self) -> bool:
