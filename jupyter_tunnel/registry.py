@@ -38,9 +38,20 @@ class Registry:
         self.path = Path(path) if path else default_dir()
 
     def _ensure(self) -> None:
-        if not self.path.is_symlink():
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._check()
+        """Make the folder if it is missing, and check it.  Another process may remove it at
+        any moment (with its last record, under the lock this one may not hold yet)."""
+        for _ in range(100):
+            try:
+                if not self.path.is_symlink():
+                    # exists, but no folder: _check says what; a folder gone meanwhile
+                    # (mkdir's exist_ok looks twice): again
+                    with contextlib.suppress(FileExistsError):
+                        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._check()
+                return
+            except FileNotFoundError:
+                continue
+        raise ConfigError(f"cannot make the registry folder {self.path}: it keeps vanishing")
 
     def _check(self) -> None:
         info = self.path.lstat()

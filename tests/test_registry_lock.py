@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from jupyter_tunnel.registry import Registry
 
 
@@ -62,3 +64,26 @@ def test_no_two_holders_while_the_lock_file_is_removed(tmp_path: Path) -> None:
     assert most == 1
     registry.remove("a", owner_pid=os.getpid())
     assert not registry.path.exists()
+
+
+def test_a_folder_removed_while_it_is_made_is_made_again(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """mkdir(exist_ok=True) looks twice: the folder exists (made by another process), then
+    is gone (removed with its last record) when it checks that it is a folder.  That
+    raised FileExistsError in a loaded CI run; the registry makes the folder again."""
+    registry = Registry(tmp_path / "jupyter_tunnel")
+    registry.path.mkdir(mode=0o700)
+    real_is_dir = Path.is_dir
+    removed = []
+
+    def is_dir(self: Path) -> bool:
+        if self == registry.path and not removed:
+            removed.append(True)
+            self.rmdir()  # the other process's last record went just now
+        return real_is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    with registry.lock():
+        registry.write(_record("beast"))
+    assert removed and registry.read("beast") is not None
+    assert (registry.path.stat().st_mode & 0o777) == 0o700
