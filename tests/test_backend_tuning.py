@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import platform
 import random
 import socket
 import sys
@@ -344,58 +343,3 @@ def test_a_refused_open_is_trimmed_too() -> None:
         assert len(pair.client.channels_seen) == 4 and pair.client.is_active()
     finally:
         pair.close()
-
-
-# handing memory back -------------------------------------------------------------------
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_memory_is_handed_back_at_most_every_interval_or_once_idle() -> None:
-    clock, calls = _Clock(), []
-    releaser = tuning.MemoryReleaser(interval=10, idle_interval=1, trim=calls.append,
-                                     clock=clock)
-    assert not releaser.connection_ended(idle=False) and not calls  # just made
-    clock.now += 1
-    assert not releaser.connection_ended(idle=False)  # others still relaying: not yet
-    assert releaser.connection_ended(idle=True) and calls == [0]  # the last one ended
-    clock.now += 0.5
-    assert not releaser.connection_ended(idle=True)
-    clock.now += 9
-    assert not releaser.connection_ended(idle=False)
-    clock.now += 1
-    assert releaser.connection_ended(idle=False) and calls == [0, 0]
-    assert releaser.releases == 2
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
-
-
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="glibc's malloc_trim")
-def test_memory_freed_by_a_connections_thread_is_handed_back() -> None:
-    kept: list[bytes] = []
-
-    def connection() -> None:
-        # 64 KiB reads freed, small records kept between them (as a relay thread leaves
-        # its arena): glibc keeps the holes, ~32 MB of touched pages
-        reads = []
-        for i in range(500):
-            reads.append(b"r" * (65536 - i))
-            kept.append(b"k" * (1024 + i))
-        reads.clear()
-
-    thread = threading.Thread(target=connection)
-    thread.start()
-    thread.join()
-    before = _rss()
-    releaser = tuning.MemoryReleaser(interval=0, idle_interval=0)  # the real malloc_trim
-    assert releaser.connection_ended(idle=True)
-    assert before - _rss() > 16e6, (before, _rss())
-    assert len(kept) == 500

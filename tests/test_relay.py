@@ -269,13 +269,13 @@ def test_retarget_swaps_the_route_whole() -> None:
 
 def test_the_backend_hands_memory_back_when_its_last_connection_ends(
         tcp_pairs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from jupyter_tunnel.backends import tuning
+    from jupyter_tunnel.backends import memory
 
     calls: list[tuple[int, int]] = []
     backend = SSHTunnelBackend()
-    releaser = tuning.MemoryReleaser(interval=3600, idle_interval=0,
+    releaser = memory.MemoryReleaser(interval=3600, idle_interval=0,
                                      trim=lambda pad: calls.append((pad, backend.relaying())))
-    monkeypatch.setattr(tuning, "memory", releaser)
+    monkeypatch.setattr(memory, "releaser", releaser)
     pair = SSHPair(stream_until_closed)
     try:
         backend.chain = _Chain(pair.client)  # type: ignore[assignment]

@@ -28,7 +28,7 @@ import sshtunnel
 
 from ..errors import HopUnreachable, PortInUse, RemotePortRefused, TunnelError
 from ..sshconfig import ResolvedHop
-from . import tuning
+from . import memory, tuning
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
 from .counters import Counters
@@ -129,6 +129,7 @@ class SSHTunnelBackend:
     """Hops in one process (:class:`HopChain`) and sshtunnel listeners that outlive them."""
 
     def __init__(self, hold_timeout: float = 20.0) -> None:
+        memory.limit_arenas()  # before any relay thread: see memory's docstring
         #: seconds a new connection waits for a lost SSH connection to come back
         self.hold_timeout = hold_timeout
         self.counters = Counters()
@@ -360,7 +361,7 @@ class SSHTunnelBackend:
                 del self._relays[key]
                 idle = not self._relays
                 self._relays_cond.notify_all()
-            tuning.memory.connection_ended(idle)  # what the connection's thread freed
+            memory.releaser.connection_ended(idle)  # what the connection's thread freed
 
     def relaying(self) -> int:
         """How many connections are being relayed now."""

@@ -25,8 +25,7 @@ numbers are in the README's Performance section.
   ~17 ms with 4 MiB, ~9 ms with 2 MiB, ~3 ms with 512 KiB), and smaller ones would cap
   a connection over a long-distance link at window / round-trip time.
 - **A record that does not grow with every connection** (:func:`forget_old_channels`).
-- **Memory handed back after bursts of connections** (:class:`MemoryReleaser`): glibc
-  keeps what the relay threads freed; see its docstring.
+- **Memory**: see :mod:`.memory` (fewer malloc arenas, free memory handed back).
 - **Ciphers in OpenSSH's order of preference**: AES-GCM where the CPU has AES
   instructions (:func:`cpu_has_aes`), else ChaCha20-Poly1305 if paramiko offers it
   (paramiko 5.1 does not), else AES-CTR with an encrypt-then-MAC.  paramiko itself
@@ -40,7 +39,6 @@ numbers are in the README's Performance section.
 from __future__ import annotations
 
 import collections
-import ctypes
 import functools
 import logging
 import os
@@ -49,8 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import paramiko
 import paramiko.pipe
@@ -69,12 +66,6 @@ KEEP_CHANNEL_IDS = 512
 TRIM_SLACK = 512
 #: seconds between two trims of one transport's record, at least
 TRIM_INTERVAL = 5.0
-#: seconds between two hand-backs of the C allocator's free memory while connections
-#: are being relayed, at least (see :class:`MemoryReleaser`)
-RELEASE_INTERVAL = 10.0
-#: the same once no connection is being relayed (so a burst's memory goes back when it
-#: ends, not up to 10 s later; 100 one-request connections in a row trim a few times)
-RELEASE_IDLE_INTERVAL = 0.1
 
 _AEAD_AES = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _CHACHA = ("chacha20-poly1305@openssh.com",)
@@ -275,70 +266,6 @@ def forget_old_channels(transport: Any, keep: int = KEEP_CHANNEL_IDS, slack: int
         for cid in [cid for cid in events if cid not in open_now]:
             del events[cid]
         transport._jt_last_trim = (now, len(transport.channels_seen), open_now)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim`` in this process, or None (another C library, not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return cast(Callable[[int], int], trim)
-
-
-class MemoryReleaser:
-    """Hands the C allocator's free memory back to the system after connections end.
-
-    Each connection is relayed by a thread of its own, and glibc's malloc gives busy
-    threads arenas of their own (up to 8 per core), where what a thread frees stays,
-    scattered between live blocks: glibc returns only the free top of a heap by itself.
-    Thousands of short connections (each with its 64 KiB reads and SSH packets) so left
-    the process holding more free memory over time, while the live Python objects and
-    malloc's bytes in use stayed flat (the soak's creep: ``benchmarks/soak.py``).
-    ``malloc_trim(0)`` gives every whole free page of every arena back (about 2 ms for
-    20 MB of heap here); done at most every ``interval`` seconds, or ``idle_interval``
-    once no connection is being relayed.  Elsewhere than glibc: nothing is done.
-    """
-
-    def __init__(self, interval: float = RELEASE_INTERVAL,
-                 idle_interval: float = RELEASE_IDLE_INTERVAL,
-                 trim: Callable[[int], int] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.idle_interval = idle_interval
-        self._trim = _malloc_trim() if trim is None else trim
-        self._clock = clock
-        self._last = clock()
-        self._lock = threading.Lock()
-        #: how many times memory was handed back
-        self.releases = 0
-
-    def connection_ended(self, idle: bool) -> bool:
-        """A connection stopped relaying (``idle``: it was the last): hand the free memory
-        back if it is time; return whether it was done."""
-        if self._trim is None:
-            return False
-        wait = self.idle_interval if idle else self.interval
-        if self._clock() - self._last < wait or not self._lock.acquire(blocking=False):
-            return False
-        try:
-            now = self._clock()
-            if now - self._last < wait:  # another thread did it meanwhile
-                return False
-            self._trim(0)
-            self._last = self._clock()
-            self.releases += 1
-            return True
-        finally:
-            self._lock.release()
-
-
-#: the process's one releaser (the allocator is the process's)
-memory = MemoryReleaser()
 
 
 def _cpuinfo_has_aes(line: str) -> bool:
