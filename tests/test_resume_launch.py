@@ -4,14 +4,17 @@ with the Python that runs beast's Jupyter; what is said when that cannot be done
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import pytest
 from resume_rig import SECRET, control, frames_until_close, wait_for
 
 from jupyter_tunnel import procinfo
 from jupyter_tunnel.backends import Backend, make_backend
+from jupyter_tunnel.backends.openssh_files import control_dir
+from jupyter_tunnel.errors import ForwardingRefused
 from jupyter_tunnel.resume import launch, remote
 from jupyter_tunnel.resume.frames import VERSION, Code, FrameDecoder, Hello, Mode, Reset, Welcome
 from jupyter_tunnel.sandbox import Sandbox
@@ -80,31 +83,49 @@ def test_a_python_that_cannot_start_it_is_said_once(backend: Backend) -> None:
     assert SECRET not in text
 
 
-def test_the_helper_is_reached_through_the_hops(net: Sandbox) -> None:
-    from jupyter_tunnel.backends.sshtunnel_backend import SSHTunnelBackend
-    from jupyter_tunnel.backends.streamlocal import open_streamlocal
+def _control_over(link: socket.socket) -> None:
+    link.settimeout(20)
+    link.sendall(Hello(VERSION, Mode.NEW, 0, 0, SECRET.encode(), remote.CONTROL_TARGET).encode())
+    assert FrameDecoder().feed(link.recv(100)) == [Welcome(0)]
 
-    hops = resolve_chain(Hop("beast"), (Hop("unicorn"),), SSHConfig(net.ssh_config))
-    backend = SSHTunnelBackend()
-    backend.connect(hops, timeout=20.0)
-    info = None
+
+def _link_files(backend: Backend) -> list[str]:
+    folder = control_dir(create=False)
+    return sorted(p.name for p in folder.glob("*.link-*")) if folder.is_dir() else []
+
+
+def test_the_helper_is_reached_through_the_hops(backend: Backend, net: Sandbox) -> None:
+    python = launch.find_python(backend.run, "beast", None)
+    info = launch.start_helper(backend.run, "beast", python, _settings("launch3"))
     try:
-        python = launch.find_python(backend.run, "beast", None)
-        info = launch.start_helper(backend.run, "beast", python, _settings("launch3"))
-        assert backend.chain is not None
-        chan: Any = open_streamlocal(backend.chain.transports[-1], info.socket)
-        chan.settimeout(20)
-        chan.sendall(Hello(VERSION, Mode.NEW, 0, 0, SECRET.encode(),
-                           remote.CONTROL_TARGET).encode())
-        assert FrameDecoder().feed(chan.recv(100)) == [Welcome(0)]
-        chan.sendall(Reset(Code.SHUTDOWN).encode())
-        wait_for(lambda: not procinfo.is_alive(info.pid, info.started), timeout=10,
-                 what="the helper gone after SHUTDOWN through the hops")
-        chan.close()
+        with backend.unix_link(info.socket) as link:
+            _control_over(link)
+        # after a reconnect (a new master, new hop connections) links still come
+        backend.disconnect()
+        hops = resolve_chain(Hop("beast"), (Hop("unicorn"),), SSHConfig(net.ssh_config))
+        backend.connect(hops, timeout=20.0)
+        with backend.unix_link(info.socket) as link, backend.unix_link(info.socket) as second:
+            _control_over(link)
+            _control_over(second)
+            link.sendall(Reset(Code.SHUTDOWN).encode())
+            wait_for(lambda: not procinfo.is_alive(info.pid, info.started), timeout=10,
+                     what="the helper gone after SHUTDOWN through the hops")
     finally:
-        if info is not None and procinfo.is_alive(info.pid, info.started):
+        if procinfo.is_alive(info.pid, info.started):
             _stop(info)
-        backend.close()
+    backend.close()
+    assert _link_files(backend) == []  # no socket file of a forward is left
+
+
+def test_a_link_to_a_missing_socket_ends_at_once(backend: Backend, tmp_path: Path) -> None:
+    try:
+        link = backend.unix_link(str(tmp_path / "none.sock"))
+    except ForwardingRefused as exc:  # in process: the channel is refused
+        assert "refused to connect to" in str(exc)
+        return
+    with link:  # openssh: the master accepts locally, then its channel is refused
+        link.settimeout(10)
+        assert link.recv(100) == b""
 
 
 @pytest.mark.parametrize(("status", "out", "words"), [
@@ -125,3 +146,28 @@ def test_a_pid_must_be_a_number() -> None:
     with pytest.raises(ValueError):
         launch.find_python(lambda *a: (0, "", ""), "beast", "1; reboot")  # type: ignore[arg-type]
 
+
+
+def test_a_tunnel_leaving_a_shared_master_cancels_only_its_own_forward(net: Sandbox) -> None:
+    hops = resolve_chain(Hop("beast"), (Hop("unicorn"),), SSHConfig(net.ssh_config))
+    first, second = make_backend("openssh"), make_backend("openssh")
+    first.connect(hops, timeout=20.0)
+    second.connect(hops, timeout=20.0)  # the same master, no new login
+    info = None
+    try:
+        python = launch.find_python(first.run, "beast", None)
+        info = launch.start_helper(first.run, "beast", python, _settings("launch4"))
+        with first.unix_link(info.socket) as a, second.unix_link(info.socket) as b:
+            _control_over(a)
+            _control_over(b)
+        assert len(_link_files(first)) == 2  # one forward each, on the master
+        first.close()
+        assert len(_link_files(second)) == 1  # cancelled and removed: the first's only
+        with second.unix_link(info.socket) as b:
+            _control_over(b)
+    finally:
+        if info is not None and procinfo.is_alive(info.pid, info.started):
+            _stop(info)
+        first.close()
+        second.close()
+    assert _link_files(second) == []

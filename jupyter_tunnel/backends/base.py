@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -38,6 +39,11 @@ class Backend(Protocol):
     def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
             ) -> tuple[int, str, str]:
         """Run ``command`` on the last hop with ``stdin``; return status, stdout, stderr."""
+
+    def unix_link(self, path: str, timeout: float = 10.0) -> socket.socket:
+        """A connected socket carried to the Unix socket ``path`` on the last hop (the
+        resume helper's); HopUnreachable while the connection is down, ForwardingRefused
+        when the last hop will not connect there."""
 
     def forward_local(self, local_port: int, remote_host: str, remote_port: int) -> int:
         """Listen on 127.0.0.1:``local_port`` (0: any) and forward to the last hop's view

@@ -31,6 +31,7 @@ from .counters import Counters
 from .openssh_errors import loss
 from .openssh_files import MasterFiles, chain_key, control_dir, live_users
 from .openssh_forward import Forwarder, Route
+from .openssh_links import MasterLinks
 
 
 @dataclass(eq=False)
@@ -46,6 +47,7 @@ class _Master:
     remote_specs: list[str] = field(default_factory=list)  # -R asked of this master
     gone: bool = False
     lost: tuple[ResolvedHop, str, bool] | None = None
+    links: MasterLinks | None = None  # streamlocal forwards asked of this master
 
 
 @dataclass
@@ -159,7 +161,8 @@ class OpenSSHBackend:
         elif notice:
             notice(f"using the SSH connection already open to {target.label} (ssh pid "
                    f"{pid}): no new login")
-        master = _Master(files, chain, pid, launch, keepalive)
+        master = _Master(files, chain, pid, launch, keepalive,
+                         links=MasterLinks(files, target.alias, target.label))
         if launch is not None:
             # "shared": cleanup must not end them while another tunnel uses the master
             master.children = [{**child, "shared": str(files.users)}
@@ -195,6 +198,8 @@ class OpenSSHBackend:
         with self._lock:
             master.gone = True
             callback = self._on_dead if self._master is master else None
+        if master.links is not None:
+            master.links.forget()
         if callback is not None:
             callback(*master.lost)
 
@@ -216,6 +221,11 @@ class OpenSSHBackend:
                 files.drop(self._user)  # connections closed, ControlPersist ends it)
                 return
             others = files.unregister(self._user)
+            if master.links is not None:
+                if others and not master.gone:
+                    master.links.cancel()
+                else:
+                    master.links.forget()
             if master.gone:
                 if not others:
                     files.forget()
@@ -270,6 +280,13 @@ class OpenSSHBackend:
         return result.returncode, out, err
 
     # forwards -----------------------------------------------------------------
+    def unix_link(self, path: str, timeout: float = 10.0) -> socket.socket:
+        """A connected socket carried to the Unix socket ``path`` on the target (see
+        :mod:`.openssh_links`); :class:`HopUnreachable` while the master is down."""
+        master = self._live()
+        assert master.links is not None
+        return master.links.connect(path, timeout)
+
     def forward_local(self, local_port: int, remote_host: str, remote_port: int) -> int:
         """Listen on 127.0.0.1:local_port; the master carries each connection to
         remote_host:remote_port as the target sees it."""

@@ -267,7 +267,8 @@ class MasterFiles:
         """Remove the files of a master that ended and that no tunnel uses, the lock file
         and, when no other master's files are left in it, the folder.  Call it holding the
         lock."""
-        for path in (self.config, self.log, self.old_log):
+        for path in (self.config, self.log, self.old_log,
+                     *self.folder.glob(f"{self.socket.name}.link-*")):  # streamlocal forwards
             with contextlib.suppress(OSError):
                 path.unlink()
         for entry in self.users.iterdir() if self.users.is_dir() else []:

@@ -26,13 +26,14 @@ from typing import Any
 import paramiko
 import sshtunnel
 
-from ..errors import HopUnreachable, PortInUse, RemotePortRefused, TunnelError
+from ..errors import ForwardingRefused, HopUnreachable, PortInUse, RemotePortRefused, TunnelError
 from ..sshconfig import ResolvedHop
 from . import memory, tuning
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
 from .counters import Counters
 from .relay import abort, relay
+from .streamlocal import open_streamlocal
 
 log = logging.getLogger("jupyter_tunnel")
 # sshtunnel's own messages (we raise typed errors instead): silenced, once
@@ -197,6 +198,24 @@ class SSHTunnelBackend:
             ) -> tuple[int, str, str]:
         """Run a command on the last hop."""
         return self._live_chain().exec(command, timeout, stdin)
+
+    def unix_link(self, path: str, timeout: float = 10.0) -> socket.socket:
+        """A connected socket carried to the Unix socket ``path`` on the last hop (a
+        ``direct-streamlocal`` channel, relayed like a forwarded connection);
+        :class:`HopUnreachable` while the connection is down."""
+        chain = self._live_chain()
+        hop = chain.hops[-1]
+        try:
+            chan = open_streamlocal(chain.transports[-1], path, timeout)
+        except paramiko.ChannelException as exc:
+            raise ForwardingRefused(f"{hop.label} refused to connect to {path}: {exc}",
+                                    hop=hop.alias) from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HopUnreachable(f"lost {hop.label}: {exc}", hop=hop.alias) from None
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=self._relay, args=(theirs, chan, True, f"link to {path}"),
+                         daemon=True, name="jupyter-tunnel-link").start()
+        return ours
 
     def open_channel(self, address: tuple[str, int], origin: tuple[str, int]) -> Any:
         """A ``direct-tcpip`` channel from the last hop to ``address``; while the connection
