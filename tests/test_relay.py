@@ -184,7 +184,7 @@ class _Chain:
 
 def _backend_relay(backend: SSHTunnelBackend, sock: socket.socket, chan: Any
                    ) -> threading.Thread:
-    thread = threading.Thread(target=backend._relay, args=(sock, chan, True, "test"),
+    thread = threading.Thread(target=backend.relay_connection, args=(sock, chan, True, "test"),
                               daemon=True)
     thread.start()
     return thread
@@ -254,9 +254,9 @@ def test_abort_resets_a_connection_another_thread_is_stuck_writing_to(tcp_pairs:
 
 
 def test_retarget_swaps_the_route_whole() -> None:
-    from jupyter_tunnel.backends import sshtunnel_backend as sb
+    from jupyter_tunnel.backends.sshtunnel_listen import Route, Target
 
-    target = sb._Target(sb._Route("a", 1))
+    target = Target(Route("a", 1))
     backend = SSHTunnelBackend()
     backend._targets[9999] = target
     route = target.route

@@ -1,9 +1,8 @@
 """The default backend: hops chained in one process, forwards served by sshtunnel.
 
-sshtunnel's ``SSHTunnelForwarder`` provides the listeners; it never logs in itself
-(its own connecting code accepts any host key and logs errors instead of raising
-them).  Each listener is bound to 127.0.0.1 with a backlog of 128 and outlives the
-SSH connection: after a loss, :meth:`SSHTunnelBackend.connect` builds a new chain and
+sshtunnel's ``SSHTunnelForwarder`` provides the listeners (:mod:`.sshtunnel_listen`); it
+never logs in itself.  Each listener is bound to 127.0.0.1 and outlives the SSH
+connection: after a loss, :meth:`SSHTunnelBackend.connect` builds a new chain and
 the same listeners carry on; a connection arriving meanwhile waits for it (up to
 ``hold_timeout``) instead of being refused.  Connections are relayed by our own
 loop (:mod:`.relay`): no polling, TCP_NODELAY, half-close passed through.  The backend
@@ -26,13 +25,14 @@ from typing import Any
 import paramiko
 import sshtunnel
 
-from ..errors import ForwardingRefused, HopUnreachable, PortInUse, RemotePortRefused, TunnelError
+from ..errors import ForwardingRefused, HopUnreachable, RemotePortRefused, TunnelError
 from ..sshconfig import ResolvedHop
 from . import memory, tuning
 from .base import DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
 from .counters import Counters
 from .relay import abort, relay
+from .sshtunnel_listen import Forwarder, PlaceholderKey, Route, Target, detach
 from .streamlocal import open_streamlocal
 
 log = logging.getLogger("jupyter_tunnel")
@@ -45,23 +45,6 @@ _sshtunnel_log.propagate = False
 RELAY_GRACE = 0.5
 
 
-@dataclass(frozen=True)
-class _Route:
-    """Where a local listener's connections go, as the last hop sees it."""
-
-    host: str
-    port: int
-
-
-class _Target:
-    """A listener's current route: :meth:`SSHTunnelBackend.retarget` swaps in a new
-    :class:`_Route` whole, so a connection never sees the host of one and the port of
-    another."""
-
-    def __init__(self, route: _Route) -> None:
-        self.route = route
-
-
 @dataclass
 class _Reverse:
     """A remote forward: the target listens on ``bind:port``; we connect to ``host:to_port``."""
@@ -70,60 +53,6 @@ class _Reverse:
     port: int  # as bound (the server's choice when 0 was asked for)
     host: str
     to_port: int
-
-
-class _Handler(sshtunnel._ForwardHandler):  # type: ignore[misc]
-    backend: SSHTunnelBackend
-    target: _Target
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        route = self.target.route
-        try:
-            chan = self.backend.open_channel((route.host, route.port), sock.getpeername())
-        except (TunnelError, paramiko.SSHException, EOFError, OSError) as exc:
-            log.debug("forward to %s:%s refused: %s", route.host, route.port, exc)
-            sock.close()
-            return
-        self.backend._relay(sock, chan, True, f"connection to {route.host}:{route.port}")
-
-
-class _Server(sshtunnel._ThreadingForwardServer):  # type: ignore[misc]
-    request_queue_size = 128
-    allow_reuse_address = True  # lets the same port be bound again right after a close
-
-    def server_bind(self) -> None:
-        try:
-            super().server_bind()
-        except OSError as exc:
-            host, port = self.server_address
-            raise PortInUse.from_bind_error(host, port, exc) from None
-
-
-class _Forwarder(sshtunnel.SSHTunnelForwarder):  # type: ignore[misc]
-    backend: SSHTunnelBackend
-    target: _Target
-
-    def _connect_to_gateway(self) -> None:
-        # sshtunnel would log in on its own, straight to the host and with no host key
-        # check; it is only reached if our transport dropped just before start().
-        raise HopUnreachable("the SSH connection was lost while the forward was being set up")
-
-    def _get_transport(self) -> Any:
-        raise HopUnreachable("the SSH connection was lost while the forward was being set up")
-
-    def _make_ssh_forward_handler_class(self, remote_address_: tuple[str, int]) -> type:
-        class Handler(_Handler):
-            remote_address = remote_address_
-            logger = self.logger
-
-        Handler.backend = self.backend
-        Handler.target = self.target
-        return Handler
-
-    def _make_ssh_forward_server_class(self, remote_address_: tuple[str, int]) -> type:
-        return _Server
 
 
 class SSHTunnelBackend:
@@ -138,8 +67,8 @@ class SSHTunnelBackend:
         self._connecting: HopChain | None = None
         self._cond = threading.Condition()
         self._closed = False
-        self._forwarders: list[_Forwarder] = []
-        self._targets: dict[int, _Target] = {}
+        self._forwarders: list[Forwarder] = []
+        self._targets: dict[int, Target] = {}
         #: connections being relayed now: (local socket, channel), under _relays_cond
         self._relays: dict[int, tuple[socket.socket, Any]] = {}
         self._relays_cond = threading.Condition()
@@ -213,7 +142,7 @@ class SSHTunnelBackend:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise HopUnreachable(f"lost {hop.label}: {exc}", hop=hop.alias) from None
         ours, theirs = socket.socketpair()
-        threading.Thread(target=self._relay, args=(theirs, chan, True, f"link to {path}"),
+        threading.Thread(target=self.relay_connection, args=(theirs, chan, True, f"link to {path}"),
                          daemon=True, name="jupyter-tunnel-link").start()
         return ours
 
@@ -249,11 +178,11 @@ class SSHTunnelBackend:
         """Forward 127.0.0.1:local_port to remote_host:remote_port as the last hop sees it."""
         chain = self._live_chain()
         hop = chain.hops[-1]
-        fwd = _Forwarder(
+        fwd = Forwarder(
             (hop.hostname, hop.port),
             ssh_config_file=None,
             ssh_username=hop.user,
-            ssh_pkey=_PlaceholderKey(),
+            ssh_pkey=PlaceholderKey(),
             allow_agent=False,
             host_pkey_directories=[],
             local_bind_address=("127.0.0.1", local_port),
@@ -263,15 +192,15 @@ class SSHTunnelBackend:
             set_keepalive=0,
         )
         fwd.backend = self
-        fwd.target = target = _Target(_Route(remote_host, remote_port))
+        fwd.target = target = Target(Route(remote_host, remote_port))
         fwd._transport = chain.transports[-1]  # connected already: sshtunnel skips its login
         try:
             fwd.start()
         except TunnelError:
-            _detach(fwd)
+            detach(fwd)
             raise
         except sshtunnel.BaseSSHTunnelForwarderError as exc:
-            _detach(fwd)
+            detach(fwd)
             raise TunnelError(f"cannot start the forward to {remote_host}:{remote_port} on "
                               f"{hop.label}: {exc}", hop=hop.alias) from None
         port: int = fwd.local_bind_port
@@ -285,13 +214,13 @@ class SSHTunnelBackend:
             for srv in fwd._server_list:
                 with contextlib.suppress(Exception):
                     srv.shutdown()
-            _detach(fwd)
+            detach(fwd)
             raise HopUnreachable("the tunnel was closed while the forward was being set up")
         return port
 
     def retarget(self, local_port: int, remote_host: str, remote_port: int) -> None:
         """Send new connections of the listener on ``local_port`` to another address."""
-        self._targets[local_port].route = _Route(remote_host, remote_port)
+        self._targets[local_port].route = Route(remote_host, remote_port)
 
     def forward_remote(self, remote_port: int, local_host: str, local_port: int,
                        bind: str = "127.0.0.1") -> int:
@@ -358,10 +287,11 @@ class SSHTunnelBackend:
             return
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._relay(sock, chan, False, f"reverse connection to {reverse.host}:{reverse.to_port}")
+        self.relay_connection(sock, chan, False,
+                              f"reverse connection to {reverse.host}:{reverse.to_port}")
 
     # relaying -----------------------------------------------------------------
-    def _relay(self, sock: socket.socket, chan: Any, inbound: bool, what: str) -> None:
+    def relay_connection(self, sock: socket.socket, chan: Any, inbound: bool, what: str) -> None:
         """Relay one connection (:func:`relay`), counted and tracked; close both ends."""
         key = id(sock)
         with self._relays_cond:
@@ -438,29 +368,8 @@ class SSHTunnelBackend:
             for srv in fwd._server_list:
                 with contextlib.suppress(Exception):
                     srv.shutdown()
-            _detach(fwd)
+            detach(fwd)
         for chain in chains:
             if chain is not None:
                 chain.close()
         self._end_relays(None)
-
-
-def _detach(fwd: _Forwarder) -> None:
-    """Close its listeners and forget the shared transport (sshtunnel's ``__del__`` would
-    close it)."""
-    for srv in fwd._server_list:
-        with contextlib.suppress(Exception):
-            srv.server_close()
-    fwd._server_list = []
-    fwd.is_alive = False
-    fwd.__dict__.pop("_transport", None)
-
-
-class _PlaceholderKey(paramiko.PKey):  # type: ignore[misc]
-    """Satisfies sshtunnel's check that some key exists; never offered to a server."""
-
-    def __init__(self) -> None:
-        pass
-
-    def get_fingerprint(self) -> bytes:
-        return b"jupyter_tunnel-placeholder"
