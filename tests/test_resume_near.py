@@ -1,0 +1,542 @@
+"""The laptop side of resumable streams (NearEnd) against the real helper program.
+
+The helper runs as a subprocess exactly as in test_resume_remote; the engine reaches its
+Unix socket through an in-test proxy that can sever every link at once and refuse new
+ones for a while (the outage), or freeze them (a half-dead SSH session).  Targets are
+TCP servers on loopback; local clients are TCP connections on loopback whose accepted
+ends are adopted, as a backend's listener would hand them over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from near_rig import Local, Proxy, ended_by, open_fds, read_to_end
+from resume_rig import SECRET, Helper, Target, bulk, echo, until_reset, wait_for
+
+from jupyter_tunnel.resume.near import NearEnd, NearSettings, NearStatus
+from jupyter_tunnel.resume.near_loop import HIGH_WATER, READ_SIZE
+
+MiB = 2**20
+
+
+@dataclass
+class Rig:
+    helper: Helper
+    answer: dict[str, Any]
+    proxy: Proxy
+    local: Local
+    near: NearEnd | None = None
+    changes: list[tuple[float, NearStatus]] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+
+    def start(self, connect: Callable[[], socket.socket] | None = None,
+              **settings: Any) -> NearEnd:
+        settings = {"stream_limit": MiB, "tunnel_limit": 64 * MiB, "outage": 60.0,
+                    "keepalive": 1.0, **settings}
+        self.near = NearEnd(connect or self.proxy.connect, SECRET.encode(),
+                            NearSettings(**settings),
+                            on_change=lambda s: self.changes.append((time.monotonic(), s)))
+        self.near.start()
+        wait_for(lambda: self.status().link_up, what="the control link")
+        return self.near
+
+    def status(self) -> NearStatus:
+        assert self.near is not None
+        return self.near.status()
+
+    def target(self, handle: Callable[[socket.socket], Any]) -> Target:
+        self.targets.append(Target(handle))
+        return self.targets[-1]
+
+    def client(self, target: Target | str) -> socket.socket:
+        assert self.near is not None
+        return self.local.client(self.near, target if isinstance(target, str)
+                                 else target.address)
+
+    def idle(self) -> None:
+        """Wait until every stream has ended."""
+        wait_for(lambda: self.status().streams_open == 0, what="no stream open")
+
+
+@pytest.fixture
+def make_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def make(**helper_settings: Any) -> Rig:
+        base = tmp_path_factory.mktemp("n")  # short: a Unix socket path has 107 bytes
+        (base / "run").mkdir(mode=0o700)
+        (base / "home").mkdir()
+        helper = Helper(sys.executable, base / "home", base / "run")
+        answer = helper.start(**{"outage": 60.0, "stream_limit": MiB, **helper_settings})
+        rigs.append(Rig(helper, answer, Proxy(answer["socket"]), Local()))
+        return rigs[-1]
+
+    yield make
+    for rig in rigs:
+        if rig.near is not None:
+            rig.near.close()
+        rig.proxy.close()
+        rig.local.close()
+        for t in rig.targets:
+            t.close()
+        for answer in rig.helper.started:
+            deadline = time.monotonic() + 10  # close() ended it, or it must be stopped
+            while not rig.helper.gone(answer) and time.monotonic() < deadline:
+                if not os.path.exists(answer["socket"]):
+                    time.sleep(0.05)
+                    continue
+                rig.helper.stop(answer)
+            assert rig.helper.gone(answer)
+        base = rig.helper.home.parent
+        leftovers = sorted(str(p) for p in base.rglob("*") if not p.is_dir())
+        for p in leftovers:
+            os.unlink(p)
+        assert leftovers == []
+
+
+def digest(conn: socket.socket) -> str:
+    """Read to the end, answer the sha256 of what came, close."""
+    got = hashlib.sha256()
+    while data := conn.recv(65536):
+        got.update(data)
+    conn.sendall(got.hexdigest().encode())
+    return "ok"
+
+
+def echo_thread(client: socket.socket, data: bytes, failures: list[str],
+                piece: int = 16384) -> threading.Thread:
+    """Send ``data`` (then EOF) while reading: the echo must be ``data`` and end cleanly."""
+
+    def run() -> None:
+        try:
+            out: list[tuple[bytes, str]] = []
+            reader = threading.Thread(target=lambda: out.append(read_to_end(client)))
+            reader.start()
+            for i in range(0, len(data), piece):
+                client.sendall(data[i:i + piece])
+            client.shutdown(socket.SHUT_WR)
+            reader.join()
+            assert out and out[0][1] == "eof", out and out[0][1]
+            assert hashlib.sha256(out[0][0]).digest() == hashlib.sha256(data).digest()
+        except BaseException:
+            failures.append(traceback.format_exc())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_download_and_an_echo_survive_cuts_at_random_points(make_rig: Any, seed: int) -> None:
+    rng = random.Random(seed)
+    rig = make_rig()
+    rig.start()
+    down = rng.randbytes(8 * MiB + rng.randrange(1000))
+    target = rig.target(bulk(down))
+    failures: list[str] = []
+    echoing = echo_thread(rig.client(rig.target(echo)), rng.randbytes(2 * MiB), failures)
+    client = rig.client(target)
+    client.shutdown(socket.SHUT_WR)  # nothing to upload
+    cuts = sorted(rng.randrange(1, len(down)) for _ in range(4))
+    got = bytearray()
+    client.settimeout(60)
+    while data := client.recv(65536):
+        got += data
+        while cuts and len(got) >= cuts[0]:
+            cuts.pop(0)
+            rig.proxy.cut(refuse=rng.uniform(0.0, 0.5))
+    assert cuts == []
+    assert hashlib.sha256(got).digest() == hashlib.sha256(down).digest()
+    echoing.join()
+    assert failures == []
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == [hashlib.sha256(b"").hexdigest()]
+    assert rig.proxy.connects >= 4  # the links were made again
+    rig.idle()
+
+
+def test_an_upload_goes_on_across_a_cut(make_rig: Any) -> None:
+    rig = make_rig()
+    rig.start()
+    upload = random.Random(3).randbytes(8 * MiB)
+    target = rig.target(digest)
+    client = rig.client(target)
+    for i in range(0, len(upload), 65536):
+        client.sendall(upload[i:i + 65536])
+        if i == 3 * MiB:
+            rig.proxy.cut(refuse=0.5)
+    client.shutdown(socket.SHUT_WR)
+    assert read_to_end(client) == (hashlib.sha256(upload).hexdigest().encode(), "eof")
+    wait_for(lambda: target.results == ["ok"], what="the target's end")
+    assert rig.proxy.refused > 0
+    rig.idle()
+
+
+def test_half_close_goes_through_a_cut_both_ways(make_rig: Any) -> None:
+    rig = make_rig()
+    rig.start()
+    heard, go = threading.Event(), threading.Event()
+
+    def answers_after_eof(conn: socket.socket) -> bytes:
+        got = read_to_end(conn)[0]
+        heard.set()
+        go.wait(60)
+        conn.sendall(got[::-1])
+        return got
+
+    def speaks_first(conn: socket.socket) -> bytes:
+        conn.sendall(b"first")
+        conn.shutdown(socket.SHUT_WR)
+        return read_to_end(conn)[0]
+
+    late, early = rig.target(answers_after_eof), rig.target(speaks_first)
+    one, two = rig.client(late), rig.client(early)
+    one.sendall(b"hello world")
+    one.shutdown(socket.SHUT_WR)
+    assert read_to_end(two) == (b"first", "eof")
+    wait_for(heard.is_set, what="the target to see our EOF")
+    rig.proxy.cut(refuse=0.5)
+    go.set()
+    two.sendall(b"second")  # still open for writing after the target's EOF
+    two.shutdown(socket.SHUT_WR)
+    assert read_to_end(one) == (b"dlrow olleh", "eof")
+    wait_for(lambda: late.results and early.results, what="the targets' ends")
+    assert late.results == [b"hello world"] and early.results == [b"second"]
+    rig.idle()
+
+
+def test_a_kernel_like_trickle_loses_no_line_in_a_one_second_outage(make_rig: Any) -> None:
+    rig = make_rig()
+    rig.start()
+    lines = [f"line {i} of the cell's output\n".encode() for i in range(60)]
+
+    def trickle(conn: socket.socket) -> str:
+        for line in lines:  # one line every 50 ms for 3 s
+            conn.sendall(line)
+            time.sleep(0.05)
+        conn.shutdown(socket.SHUT_WR)
+        return until_reset(conn)
+
+    client = rig.client(rig.target(trickle))
+    got = read_to_end(client, until=lambda d: d.count(b"\n") >= 25)[0]
+    rig.proxy.cut(refuse=1.0)
+    t0 = time.monotonic()
+    more, how = read_to_end(client)
+    assert how == "eof"
+    assert (got + more).splitlines(keepends=True) == lines
+    assert time.monotonic() - t0 >= 0.9  # the outage did happen while lines were coming
+    assert any(s.streams_held == 1 and not s.link_up for _, s in rig.changes)
+    client.close()
+
+
+def test_thirty_streams_adopted_at_once_survive_a_cut(make_rig: Any) -> None:
+    rig = make_rig()
+    near = rig.start()
+    target = rig.target(echo)
+    n = 30
+    halfway = threading.Barrier(n + 1, timeout=60)
+    failures: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            data = random.Random(i).randbytes(128 * 1024 + i)
+            client = rig.local.client(near, target.address)  # adopted from 30 threads
+            client.settimeout(60)
+            client.sendall(data[:65536])
+            assert read_to_end(client, until=lambda d: len(d) >= 65536)[0] == data[:65536]
+            halfway.wait()
+            halfway.wait()  # the cut is made
+            client.sendall(data[65536:])
+            client.shutdown(socket.SHUT_WR)
+            assert read_to_end(client) == (data[65536:], "eof")
+        except BaseException:
+            failures.append(traceback.format_exc())
+            halfway.abort()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    halfway.wait()
+    rig.proxy.cut(refuse=0.5)
+    halfway.wait()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert max(s.streams_held for _, s in rig.changes) == n  # all held at once, then resumed
+    wait_for(lambda: target.results == ["eof"] * n, what="every target's clean end")
+    rig.idle()
+
+
+def test_a_stream_over_the_helpers_limit_is_reset_at_both_ends(make_rig: Any) -> None:
+    rig = make_rig(stream_limit=256 * 1024)
+    rig.start(stream_limit=16 * MiB)  # misconfigured: more than the helper's
+    go = threading.Event()
+
+    def stalled(conn: socket.socket) -> str:
+        go.wait(60)
+        return until_reset(conn)
+
+    target = rig.target(stalled)
+    client = rig.client(target)
+    client.settimeout(60)
+    with pytest.raises(ConnectionResetError):  # a reset, never a clean end
+        client.sendall(random.randbytes(64 * MiB))
+    go.set()
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+    other = rig.client(rig.target(echo))
+    other.sendall(b"the others go on")
+    other.shutdown(socket.SHUT_WR)
+    assert read_to_end(other) == (b"the others go on", "eof")
+    rig.idle()
+
+
+def test_an_outage_longer_than_the_limit_resets_the_client(make_rig: Any) -> None:
+    rig = make_rig()
+    near = rig.start(outage=1.5)
+    target = rig.target(until_reset)
+    client = rig.client(target)
+    client.sendall(b"x")
+    wait_for(lambda: rig.status().streams_open == 1 and rig.status().streams_held == 0,
+             what="the stream open")
+    cut_at = time.time()
+    rig.proxy.cut(refuse=600)
+    wait_for(lambda: rig.status().streams_held == 1, what="the stream held")
+    status = rig.status()
+    assert not status.link_up and status.down_since is not None
+    assert cut_at - 1 <= status.down_since <= time.time()
+    t0 = time.monotonic()
+    assert ended_by(client) == "reset"
+    assert 1.0 < time.monotonic() - t0 < 30
+    assert rig.status().streams_open == 0
+    rig.proxy.refuse_until = 0.0
+    near.poke()
+    wait_for(lambda: rig.status().link_up, what="the link back")
+    assert rig.status().down_since is None
+    rig.helper.stop(rig.answer)  # the helper still held its end: a reset, never an EOF
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["killed", "restarted"])
+def test_a_killed_helper_resets_the_clients(make_rig: Any, restart: bool) -> None:
+    rig = make_rig()
+    rig.start(outage=60.0 if restart else 2.0)
+    targets = [rig.target(until_reset) for _ in range(3)]
+    clients = [rig.client(t) for t in targets]
+    for c in clients:
+        c.sendall(b"x")
+    wait_for(lambda: rig.status().streams_open == 3 and rig.status().streams_held == 0,
+             what="the streams open")
+    os.kill(rig.answer["pid"], signal.SIGKILL)
+    wait_for(lambda: rig.helper.gone(rig.answer), what="the helper gone")
+    if restart:  # a new helper of the same tunnel knows none of the streams
+        again = rig.helper.start(outage=60.0)
+        assert again["socket"] == rig.answer["socket"] and again["pid"] != rig.answer["pid"]
+    t0 = time.monotonic()
+    assert [ended_by(c) for c in clients] == ["reset"] * 3
+    assert time.monotonic() - t0 < (20 if restart else 30)
+    for t in targets:
+        wait_for(lambda t=t: t.results, what="the target's end")  # type: ignore[misc]
+        assert t.results == ["reset"]
+    if restart:
+        wait_for(lambda: rig.status().link_up, what="the link to the new helper")
+    else:
+        for p in rig.helper.folder.iterdir():  # what cleanup removes once the pid is gone
+            p.unlink()
+
+
+def test_a_link_that_stops_answering_is_dropped_and_resumed(make_rig: Any) -> None:
+    rig = make_rig(keepalive=0.5)
+    rig.start(keepalive=0.5)
+    client = rig.client(rig.target(echo))
+    client.settimeout(60)
+    stalled_at = 0.0
+    for i in range(30):
+        if i == 10:
+            stalled_at = time.monotonic()
+            rig.proxy.stall()  # open, silent: the session is half-dead
+        msg = f"ping {i}\n".encode()
+        client.sendall(msg)
+        assert read_to_end(client, until=lambda d, m=msg: d == m)[0] == msg  # type: ignore[misc]
+        time.sleep(0.05)
+    down = [t for t, s in rig.changes if t > stalled_at and not s.link_up]
+    assert down, "the stale link was never dropped"
+    assert 1.0 <= down[0] - stalled_at < 10  # about 3 x keepalive
+    client.shutdown(socket.SHUT_WR)
+    assert ended_by(client) == "eof"
+    rig.idle()
+
+
+def test_a_link_without_answer_to_its_hello_is_tried_again(make_rig: Any) -> None:
+    """A channel that opens but never answers (the far end gone, its session lingering)
+    must not hold a stream until the outage limit."""
+    rig = make_rig(keepalive=0.5)
+    calls, silent = [0], []
+
+    def connect() -> socket.socket:
+        calls[0] += 1
+        if calls[0] == 2:  # the first stream link: open, and silent for ever
+            mine, theirs = socket.socketpair()
+            silent.append(theirs)
+            return mine
+        return rig.proxy.connect()
+
+    rig.start(keepalive=0.5, connect=connect)
+    t0 = time.monotonic()
+    client = rig.client(rig.target(echo))
+    client.sendall(b"are you there")
+    client.shutdown(socket.SHUT_WR)
+    assert read_to_end(client, timeout=30) == (b"are you there", "eof")
+    assert 1.0 <= time.monotonic() - t0 < 20 and len(silent) == 1
+    silent[0].close()
+    rig.idle()
+
+
+def test_close_ends_the_helper_and_resets_every_client_without_leaking(make_rig: Any) -> None:
+    rig = make_rig()
+    targets = [rig.target(until_reset) for _ in range(3)]
+    before = open_fds()
+    near = rig.start()
+    clients = [rig.client(t) for t in targets]
+    for c in clients:
+        c.sendall(b"x")
+    wait_for(lambda: rig.status().streams_open == 3 and rig.status().streams_held == 0,
+             what="the streams open")
+    near.close()
+    near.close()  # idempotent
+    assert [ended_by(c) for c in clients] == ["reset"] * 3
+    late = rig.client(targets[0])  # adopted after close: reset at once
+    assert ended_by(late) == "reset"
+    for t in targets:
+        wait_for(lambda t=t: t.results, what="the target's end")  # type: ignore[misc]
+        assert t.results == ["reset"]
+    for c in [*clients, late]:
+        c.close()
+    rig.local.clients.clear()
+    rig.proxy.close()
+    wait_for(lambda: open_fds() == before, what=f"{before} fds open again")
+    assert not [t for t in threading.enumerate() if t.name.startswith("jupyter-tunnel")]
+
+
+def test_close_ends_the_helper(make_rig: Any) -> None:
+    rig = make_rig()
+    near = rig.start()
+    near.close()
+    wait_for(lambda: rig.helper.gone(rig.answer), what="the helper gone")
+    assert list(rig.helper.folder.iterdir()) == []
+
+
+def test_a_refused_target_resets_the_client(make_rig: Any) -> None:
+    rig = make_rig()
+    rig.start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    for target in (f"127.0.0.1:{port}", "nowhere"):
+        client = rig.client(target)
+        client.sendall(b"data that goes nowhere")
+        assert ended_by(client) == "reset", target
+    rig.idle()
+    fine = rig.client(rig.target(echo))
+    fine.sendall(b"fine")
+    fine.shutdown(socket.SHUT_WR)
+    assert read_to_end(fine) == (b"fine", "eof")
+
+
+def test_a_client_that_stops_reading_pauses_the_target(make_rig: Any) -> None:
+    """Nothing buffers without bound: the engine stops reading the link, the helper its
+    target; everything arrives once the client reads."""
+    rig = make_rig()
+    rig.start()
+    down = random.Random(7).randbytes(64 * MiB)
+    sent = [0]
+
+    def sender(conn: socket.socket) -> str:
+        for i in range(0, len(down), 65536):
+            conn.sendall(down[i:i + 65536])
+            sent[0] = i + 65536
+        conn.shutdown(socket.SHUT_WR)
+        return until_reset(conn)
+
+    client = rig.client(rig.target(sender))
+    client.shutdown(socket.SHUT_WR)
+    last = [-1]
+
+    def stalled() -> bool:
+        before, last[0] = last[0], sent[0]
+        time.sleep(0.5)
+        return before == sent[0]
+
+    wait_for(stalled, what="the sender to stall")
+    assert sent[0] < 32 * MiB  # socket buffers and one stream's limit, not the download
+    assert 0 < rig.status().bytes_buffered <= HIGH_WATER + READ_SIZE
+    got = read_to_end(client)
+    assert got[1] == "eof"
+    assert hashlib.sha256(got[0]).digest() == hashlib.sha256(down).digest()
+    rig.idle()
+
+
+def test_a_stream_adopted_during_an_outage_waits_within_its_limit(make_rig: Any) -> None:
+    rig = make_rig()
+    near = rig.start()
+    rig.proxy.cut(refuse=600)
+    wait_for(lambda: not rig.status().link_up, what="the link down")
+    client = rig.client(rig.target(digest))
+    upload = random.Random(9).randbytes(48 * MiB)  # more than the sockets' buffers
+    sender = threading.Thread(target=lambda: (client.sendall(upload),
+                                              client.shutdown(socket.SHUT_WR)))
+    sender.start()
+    wait_for(lambda: rig.status().bytes_buffered == MiB, what="the stream's limit taken")
+    time.sleep(0.5)
+    status = rig.status()
+    assert (status.streams_open, status.streams_held, status.bytes_buffered) == (1, 1, MiB)
+    assert sender.is_alive()  # paused, not failed
+    rig.proxy.refuse_until = 0.0
+    near.poke()
+    sender.join(60)
+    assert read_to_end(client) == (hashlib.sha256(upload).hexdigest().encode(), "eof")
+    rig.idle()
+
+
+def test_poke_retries_at_once(make_rig: Any) -> None:
+    rig = make_rig()
+    near = rig.start(retry_first=2.0, retry_max=30.0)
+    rig.proxy.cut(refuse=600)
+    wait_for(lambda: rig.proxy.refused >= 2, what="two failed attempts")  # next in 4 s
+    rig.proxy.refuse_until = 0.0
+    t0 = time.monotonic()
+    near.poke()
+    wait_for(lambda: rig.status().link_up, what="the link back")
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_settings_and_targets_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        NearSettings(retry_first=3.0, retry_max=2.0)
+    with pytest.raises(ValueError):
+        NearEnd(lambda: socket.socket(), b"")
+    near = NearEnd(lambda: socket.socket(), b"s")
+    a, b = socket.socketpair()
+    with pytest.raises(ValueError):
+        near.adopt(a, "")
+    near.close()  # never started: nothing to wait for
+    near.adopt(a, "127.0.0.1:1")  # after close: closed at once
+    assert b.recv(10) == b""
+    b.close()
+    with pytest.raises(RuntimeError):
+        near.start()
