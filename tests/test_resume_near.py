@@ -376,7 +376,7 @@ def test_a_link_that_stops_answering_is_dropped_and_resumed(make_rig: Any) -> No
         time.sleep(0.05)
     down = [t for t, s in rig.changes if t > stalled_at and not s.link_up]
     assert down, "the stale link was never dropped"
-    assert 1.0 <= down[0] - stalled_at < 10  # about 3 x keepalive
+    assert 0.8 <= down[0] - stalled_at < 10  # about 3 x keepalive
     client.shutdown(socket.SHUT_WR)
     assert ended_by(client) == "eof"
     rig.idle()
@@ -488,6 +488,37 @@ def test_a_client_that_stops_reading_pauses_the_target(make_rig: Any) -> None:
     got = read_to_end(client)
     assert got[1] == "eof"
     assert hashlib.sha256(got[0]).digest() == hashlib.sha256(down).digest()
+    rig.idle()
+
+
+def test_a_stream_complete_at_the_helper_still_drains_to_a_slow_client(make_rig: Any) -> None:
+    """Complete both ways but not yet written to the client when the link dies: no link
+    is needed any more (the helper forgot it), the client gets it all and a clean end."""
+    rig = make_rig()
+    near = rig.start()
+    down = random.Random(11).randbytes(400 * 1024)
+
+    def sends(conn: socket.socket) -> str:
+        conn.sendall(down)
+        conn.shutdown(socket.SHUT_WR)
+        return read_to_end(conn)[1]
+
+    target = rig.target(sends)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(rig.local.server.getsockname())
+    accepted, _ = rig.local.server.accept()
+    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    near.adopt(accepted, target.address)
+    client.shutdown(socket.SHUT_WR)
+    wait_for(lambda: target.results == ["eof"], what="the target's clean end")
+    assert rig.status().bytes_buffered > 100 * 1024  # still to be written to the client
+    connects = rig.proxy.connects
+    rig.proxy.cut()
+    time.sleep(1.0)  # no retry storm: the stream needs no link
+    assert rig.proxy.connects - connects <= 2
+    assert read_to_end(client) == (down, "eof")
+    client.close()
     rig.idle()
 
 

@@ -184,7 +184,8 @@ class NearEnd(Streams):
             ends.append(self._next_ping)
         if len(pending) < MAX_CONNECTS and (
                 (control is None and CONTROL not in pending)
-                or any(st.link is None and st not in pending for st in self._streams.values())):
+                or any(st.link is None and not st.stream.done and st not in pending
+                       for st in self._streams.values())):
             ends.append(self._next_try)
         if any(link.closing_at is not None for link in self._links):
             ends.append(now + 0.5)

@@ -291,7 +291,8 @@ class Loop:
         wanted: list[object] = []
         if self._control is None and CONTROL not in pending:
             wanted.append(CONTROL)
-        wanted += [st for st in self._streams.values() if st.link is None and st not in pending]
+        wanted += [st for st in self._streams.values()
+                   if st.link is None and not st.stream.done and st not in pending]
         for key in wanted:
             if len(pending) >= MAX_CONNECTS:
                 break
@@ -347,7 +348,8 @@ class Loop:
         st = link.owner
         if st is not None and st.link is link:
             st.link, st.attached = None, False
-            st.stream.hold(now)
+            if not st.stream.done:  # else it only has bytes left to write locally
+                st.stream.hold(now)
         if not link.welcomed and link.closing_at is None:
             self._failed(now, "the link closed before WELCOME")
 
