@@ -544,6 +544,36 @@ def test_a_stream_adopted_during_an_outage_waits_within_its_limit(make_rig: Any)
     rig.idle()
 
 
+def test_a_stream_id_in_use_at_the_helper_is_refused_not_taken_over(make_rig: Any) -> None:
+    """A second engine on the same helper (a new process reattaching) that reuses ids
+    gets its connection reset: it must never resume another engine's stream."""
+    rig = make_rig()
+    rig.start()
+    mine = rig.client(rig.target(echo))  # stream 1
+    mine.sendall(b"one ")
+    assert read_to_end(mine, until=lambda d: d == b"one ")[0] == b"one "
+    ends, others = [], []
+    for first_id in (1, 1000):
+        other = NearEnd(rig.proxy.connect, SECRET.encode(), NearSettings(stream_limit=MiB),
+                        first_id=first_id)
+        others.append(other)
+        other.start()
+        client = rig.local.client(other, rig.target(echo).address)
+        client.sendall(b"other")
+        client.shutdown(socket.SHUT_WR)
+        ends.append(read_to_end(client))
+        if first_id == 1000:
+            wait_for(lambda o=other: o.status().streams_open == 0,  # type: ignore[misc]
+                     what="the other engine's stream complete")
+    assert ends == [(b"", "reset"), (b"other", "eof")]
+    mine.sendall(b"two")  # the first engine's stream was not touched
+    mine.shutdown(socket.SHUT_WR)
+    assert read_to_end(mine) == (b"two", "eof")
+    rig.idle()
+    for other in others:
+        other.close()
+
+
 def test_poke_retries_at_once(make_rig: Any) -> None:
     rig = make_rig()
     near = rig.start(retry_first=2.0, retry_max=30.0)

@@ -65,14 +65,19 @@ class NearEnd(Streams):
 
     ``adopt``, ``poke``, ``status`` and ``close`` may be called from any thread;
     ``on_change`` is called from the engine's thread when the number of streams open or
-    held, or the link's state, changes.
+    held, or the link's state, changes.  Stream ids count from ``first_id``; they must
+    never repeat for one helper, so an engine that attaches to a helper that was
+    already running (another process's, say) must start above every id used before.
     """
 
     def __init__(self, connect_link: Callable[[], socket.socket], secret: bytes,
                  settings: NearSettings | None = None,
-                 on_change: Callable[[NearStatus], None] | None = None) -> None:
+                 on_change: Callable[[NearStatus], None] | None = None, *,
+                 first_id: int = 1) -> None:
         if not 0 < len(secret) <= MAX_SECRET:
             raise ValueError(f"the secret must be 1-{MAX_SECRET} bytes")
+        if not 0 < first_id < 2**63:
+            raise ValueError("first_id must be from 1 to 2**63 - 1")
         super().__init__(settings or NearSettings(), connect_link)
         self._secret = secret
         self._on_change = on_change
@@ -81,7 +86,7 @@ class NearEnd(Streams):
         self._poked = False
         self._closing = False
         self._deadline = 0.0
-        self._next_id = 1
+        self._next_id = first_id
         self._error = ""
         self._status = NearStatus()
         self._reported: tuple[int, int, bool] | None = None

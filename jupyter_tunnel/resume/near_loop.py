@@ -118,6 +118,7 @@ class NearStream:
         self.attached = False  # frames go on ``link`` as they are made
         self.fresh = True  # no NEW reached the helper as far as we know: say NEW, not RESUME
         self.opened = False  # the helper welcomed it once
+        self.news = 0  # HELLO NEWs sent
 
 
 Result = tuple[object, "socket.socket | OSError"]
@@ -154,8 +155,8 @@ class Connector:
             result = self._connect()
         except OSError as exc:
             result = exc
-        except Exception as exc:  # the backend's bug costs one attempt, retried later
-            log.exception("connecting a resume link failed")
+        except Exception as exc:  # not the OSError promised: still one failed attempt
+            log.warning("resume: connect_link raised %r", exc)
             result = OSError(f"connecting a link failed: {exc!r}")
         with self._lock:
             keep = not self._closed

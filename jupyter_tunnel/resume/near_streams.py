@@ -60,6 +60,7 @@ class Streams(Loop):
                 for frame in writer.replay_from(writer.acked):
                     link.send(frame)
                 st.fresh, st.attached = False, True
+                st.news += 1
             else:
                 link = Link(result, st, Mode.RESUME)
                 link.send(Hello(VERSION, Mode.RESUME, sid, st.stream.reader.take_count(),
@@ -174,8 +175,9 @@ class Streams(Loop):
         elif not st.opened and link.mode == Mode.RESUME and code == Code.BAD_RESUME:
             self._let_go(link)  # our NEW is still connecting there: ask again later
             self._failed(time.monotonic(), frame.reason)
-        elif not st.opened and link.mode == Mode.NEW and code == Code.STREAM_EXISTS:
-            self._let_go(link)  # an earlier NEW of ours did arrive: resume it
+        elif not st.opened and link.mode == Mode.NEW and code == Code.STREAM_EXISTS \
+                and st.news > 1:
+            self._let_go(link)  # our earlier NEW did arrive after all: resume it
         else:
             self._end(st, f"refused by the helper: {_name(code)} {frame.reason}")
 
