@@ -72,14 +72,16 @@ def _mem_total_mb() -> float | None:
 
 
 def meta(started: float, load_before: tuple[float, float, float], cfg: dict[str, Any],
-         contenders: list[str], baseline: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """What the figures were measured on."""
+         contenders: list[str], baseline: str | None, extra: dict[str, Any],
+         code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the figures were measured on; ``code``: :func:`code_state` taken when the run
+    started (the checkout may change during a long run), else taken now."""
     import paramiko
 
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
                 if ln.startswith("model name")), platform.processor())
-    ours = code_state(HERE.parent)
+    ours = code if code is not None else code_state(HERE.parent)
     info: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from meta import meta  # noqa: E402
+from meta import code_state, meta  # noqa: E402
 from procs import Procs, cpu_by_pid, pss_mb, rss_mb  # noqa: E402
 from report import failures, goals, summarize, table  # noqa: E402
 
@@ -237,6 +237,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         started = time.time()
         load_before = os.getloadavg()
+        code = code_state(HERE.parent)  # what runs: the checkout may change meanwhile
         finished = False
         try:
             self.setup()
@@ -261,7 +262,7 @@ class Bench:
         extra = {"prefix": self.net.prefix, "runtime_dir": str(self.runtime),
                  "sandbox_dir": str(self.net.dir), "packages": self.procs.packages}
         return {"meta": meta(started, load_before, self.cfg, self.contenders, self.baseline,
-                             extra),
+                             extra, code),
                 "results": summarize(self.samples), "samples": self.samples, "raw": self.raw}
 
     def _stop_server(self) -> None:

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from meta import meta  # noqa: E402
+from meta import code_state, meta  # noqa: E402
 from procs import Procs, pss_mb, rss_mb  # noqa: E402
 from run import _each, _exit_on_signal  # noqa: E402
 
@@ -167,6 +167,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
     started, load_before = time.time(), os.getloadavg()
+    code = code_state(HERE.parent)  # what runs: the checkout may change meanwhile
     bench = SimpleNamespace(runtime=Path(tempfile.mkdtemp(prefix="jt-soak-")), baseline=None)
     bench.net = Sandbox(prefix="jtsoak" + secrets.token_hex(2))
     procs = Procs(bench)
@@ -234,7 +235,7 @@ def main() -> None:
     if args.json:
         info_meta = meta(started, load_before,
                          {"seconds": args.seconds, "backends": args.backends},
-                         list(states), None, {"prefix": bench.net.prefix})
+                         list(states), None, {"prefix": bench.net.prefix}, code)
         Path(args.json).write_text(json.dumps(
             {"meta": info_meta, "summary": summary,
              "samples": {c: s["samples"] for c, s in states.items()},
