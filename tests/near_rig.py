@@ -4,19 +4,30 @@
 relayed (two threads) to a fresh connection to the helper's Unix socket.  ``cut`` severs
 every link at once (both sides see the end) and refuses new ones for a while: that is
 the outage.  ``stall`` freezes the links that exist without closing them (a half-dead
-SSH session), new ones work.
+SSH session), new ones work.  ``Rig`` puts a helper, a proxy, an engine, local clients
+and targets together; ``rigs`` is the body of the test module's fixture.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from jupyter_tunnel.resume.near import NearEnd
+import pytest
+from resume_rig import SECRET, Helper, Target, wait_for
+
+from jupyter_tunnel.resume.near import NearEnd, NearSettings, NearStatus
+
+MiB = 2**20
 
 
 class Pair:
@@ -160,3 +171,111 @@ def ended_by(sock: socket.socket, timeout: float = 60.0) -> str:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@dataclass
+class Rig:
+    helper: Helper
+    answer: dict[str, Any]
+    proxy: Proxy
+    local: Local
+    near: NearEnd | None = None
+    changes: list[tuple[float, NearStatus]] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+
+    def start(self, connect: Callable[[], socket.socket] | None = None,
+              **settings: Any) -> NearEnd:
+        settings = {"stream_limit": MiB, "tunnel_limit": 64 * MiB, "outage": 60.0,
+                    "keepalive": 1.0, **settings}
+        self.near = NearEnd(connect or self.proxy.connect, SECRET.encode(),
+                            NearSettings(**settings),
+                            on_change=lambda s: self.changes.append((time.monotonic(), s)))
+        self.near.start()
+        wait_for(lambda: self.status().link_up, what="the control link")
+        return self.near
+
+    def status(self) -> NearStatus:
+        assert self.near is not None
+        return self.near.status()
+
+    def target(self, handle: Callable[[socket.socket], Any]) -> Target:
+        self.targets.append(Target(handle))
+        return self.targets[-1]
+
+    def client(self, target: Target | str) -> socket.socket:
+        assert self.near is not None
+        return self.local.client(self.near, target if isinstance(target, str)
+                                 else target.address)
+
+    def idle(self) -> None:
+        """Wait until every stream has ended."""
+        wait_for(lambda: self.status().streams_open == 0, what="no stream open")
+
+
+def rigs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Rig]]:
+    """The body of a fixture that makes rigs (``make(**helper settings)``), and tears
+    every one down: engine closed, helper gone, no file left."""
+    rigs: list[Rig] = []
+
+    def make(**helper_settings: Any) -> Rig:
+        base = tmp_path_factory.mktemp("n")  # short: a Unix socket path has 107 bytes
+        (base / "run").mkdir(mode=0o700)
+        (base / "home").mkdir()
+        helper = Helper(sys.executable, base / "home", base / "run")
+        answer = helper.start(**{"outage": 60.0, "stream_limit": MiB, **helper_settings})
+        rigs.append(Rig(helper, answer, Proxy(answer["socket"]), Local()))
+        return rigs[-1]
+
+    yield make
+    for rig in rigs:
+        if rig.near is not None:
+            rig.near.close()
+        rig.proxy.close()
+        rig.local.close()
+        for t in rig.targets:
+            t.close()
+        for answer in rig.helper.started:
+            deadline = time.monotonic() + 10  # close() ended it, or it must be stopped
+            while not rig.helper.gone(answer) and time.monotonic() < deadline:
+                if not os.path.exists(answer["socket"]):
+                    time.sleep(0.05)
+                    continue
+                rig.helper.stop(answer)
+            assert rig.helper.gone(answer)
+        base = rig.helper.home.parent
+        leftovers = sorted(str(p) for p in base.rglob("*") if not p.is_dir())
+        for p in leftovers:
+            os.unlink(p)
+        assert leftovers == []
+
+
+def digest(conn: socket.socket) -> str:
+    """Read to the end, answer the sha256 of what came, close."""
+    got = hashlib.sha256()
+    while data := conn.recv(65536):
+        got.update(data)
+    conn.sendall(got.hexdigest().encode())
+    return "ok"
+
+
+def echo_thread(client: socket.socket, data: bytes, failures: list[str],
+                piece: int = 16384) -> threading.Thread:
+    """Send ``data`` (then EOF) while reading: the echo must be ``data`` and end cleanly."""
+
+    def run() -> None:
+        try:
+            out: list[tuple[bytes, str]] = []
+            reader = threading.Thread(target=lambda: out.append(read_to_end(client)))
+            reader.start()
+            for i in range(0, len(data), piece):
+                client.sendall(data[i:i + piece])
+            client.shutdown(socket.SHUT_WR)
+            reader.join()
+            assert out and out[0][1] == "eof", out and out[0][1]
+            assert hashlib.sha256(out[0][0]).digest() == hashlib.sha256(data).digest()
+        except BaseException:
+            failures.append(traceback.format_exc())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread

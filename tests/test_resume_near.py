@@ -14,130 +14,33 @@ import os
 import random
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from near_rig import Local, Proxy, ended_by, open_fds, read_to_end
-from resume_rig import SECRET, Helper, Target, bulk, echo, until_reset, wait_for
+from near_rig import (
+    MiB,
+    Rig,
+    digest,
+    echo_thread,
+    ended_by,
+    open_fds,
+    read_to_end,
+    rigs,
+)
+from resume_rig import SECRET, bulk, echo, until_reset, wait_for
 
-from jupyter_tunnel.resume.near import NearEnd, NearSettings, NearStatus
+from jupyter_tunnel.resume.near import NearEnd, NearSettings
 from jupyter_tunnel.resume.near_loop import HIGH_WATER, READ_SIZE
-
-MiB = 2**20
-
-
-@dataclass
-class Rig:
-    helper: Helper
-    answer: dict[str, Any]
-    proxy: Proxy
-    local: Local
-    near: NearEnd | None = None
-    changes: list[tuple[float, NearStatus]] = field(default_factory=list)
-    targets: list[Target] = field(default_factory=list)
-
-    def start(self, connect: Callable[[], socket.socket] | None = None,
-              **settings: Any) -> NearEnd:
-        settings = {"stream_limit": MiB, "tunnel_limit": 64 * MiB, "outage": 60.0,
-                    "keepalive": 1.0, **settings}
-        self.near = NearEnd(connect or self.proxy.connect, SECRET.encode(),
-                            NearSettings(**settings),
-                            on_change=lambda s: self.changes.append((time.monotonic(), s)))
-        self.near.start()
-        wait_for(lambda: self.status().link_up, what="the control link")
-        return self.near
-
-    def status(self) -> NearStatus:
-        assert self.near is not None
-        return self.near.status()
-
-    def target(self, handle: Callable[[socket.socket], Any]) -> Target:
-        self.targets.append(Target(handle))
-        return self.targets[-1]
-
-    def client(self, target: Target | str) -> socket.socket:
-        assert self.near is not None
-        return self.local.client(self.near, target if isinstance(target, str)
-                                 else target.address)
-
-    def idle(self) -> None:
-        """Wait until every stream has ended."""
-        wait_for(lambda: self.status().streams_open == 0, what="no stream open")
 
 
 @pytest.fixture
 def make_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Rig]]:
-    rigs: list[Rig] = []
-
-    def make(**helper_settings: Any) -> Rig:
-        base = tmp_path_factory.mktemp("n")  # short: a Unix socket path has 107 bytes
-        (base / "run").mkdir(mode=0o700)
-        (base / "home").mkdir()
-        helper = Helper(sys.executable, base / "home", base / "run")
-        answer = helper.start(**{"outage": 60.0, "stream_limit": MiB, **helper_settings})
-        rigs.append(Rig(helper, answer, Proxy(answer["socket"]), Local()))
-        return rigs[-1]
-
-    yield make
-    for rig in rigs:
-        if rig.near is not None:
-            rig.near.close()
-        rig.proxy.close()
-        rig.local.close()
-        for t in rig.targets:
-            t.close()
-        for answer in rig.helper.started:
-            deadline = time.monotonic() + 10  # close() ended it, or it must be stopped
-            while not rig.helper.gone(answer) and time.monotonic() < deadline:
-                if not os.path.exists(answer["socket"]):
-                    time.sleep(0.05)
-                    continue
-                rig.helper.stop(answer)
-            assert rig.helper.gone(answer)
-        base = rig.helper.home.parent
-        leftovers = sorted(str(p) for p in base.rglob("*") if not p.is_dir())
-        for p in leftovers:
-            os.unlink(p)
-        assert leftovers == []
-
-
-def digest(conn: socket.socket) -> str:
-    """Read to the end, answer the sha256 of what came, close."""
-    got = hashlib.sha256()
-    while data := conn.recv(65536):
-        got.update(data)
-    conn.sendall(got.hexdigest().encode())
-    return "ok"
-
-
-def echo_thread(client: socket.socket, data: bytes, failures: list[str],
-                piece: int = 16384) -> threading.Thread:
-    """Send ``data`` (then EOF) while reading: the echo must be ``data`` and end cleanly."""
-
-    def run() -> None:
-        try:
-            out: list[tuple[bytes, str]] = []
-            reader = threading.Thread(target=lambda: out.append(read_to_end(client)))
-            reader.start()
-            for i in range(0, len(data), piece):
-                client.sendall(data[i:i + piece])
-            client.shutdown(socket.SHUT_WR)
-            reader.join()
-            assert out and out[0][1] == "eof", out and out[0][1]
-            assert hashlib.sha256(out[0][0]).digest() == hashlib.sha256(data).digest()
-        except BaseException:
-            failures.append(traceback.format_exc())
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
+    yield from rigs(tmp_path_factory)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -572,6 +475,30 @@ def test_a_stream_id_in_use_at_the_helper_is_refused_not_taken_over(make_rig: An
     rig.idle()
     for other in others:
         other.close()
+
+
+def test_the_tunnel_limit_bounds_all_streams_together(make_rig: Any) -> None:
+    rig = make_rig()
+    near = rig.start(tunnel_limit=2 * MiB)
+    rig.proxy.cut(refuse=600)
+    wait_for(lambda: not rig.status().link_up, what="the link down")
+    uploads = [random.Random(i).randbytes(16 * MiB) for i in range(3)]
+    clients = [rig.client(rig.target(digest)) for _ in uploads]
+    senders = [threading.Thread(target=lambda c=c, u=u: (c.sendall(u),  # type: ignore[misc]
+                                                         c.shutdown(socket.SHUT_WR)))
+               for c, u in zip(clients, uploads, strict=True)]
+    for t in senders:
+        t.start()
+    wait_for(lambda: rig.status().bytes_buffered == 2 * MiB, what="the tunnel's limit taken")
+    status = rig.status()
+    assert (status.streams_held, status.bytes_buffered) == (3, 2 * MiB)
+    rig.proxy.refuse_until = 0.0
+    near.poke()
+    for t in senders:
+        t.join(60)
+    for c, u in zip(clients, uploads, strict=True):
+        assert read_to_end(c) == (hashlib.sha256(u).hexdigest().encode(), "eof")
+    rig.idle()
 
 
 def test_poke_retries_at_once(make_rig: Any) -> None:
