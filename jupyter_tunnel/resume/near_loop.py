@@ -140,7 +140,7 @@ class Connector:
     def start(self, key: object) -> None:
         """Connect a link for ``key`` (the control sentinel or a stream)."""
         thread = threading.Thread(target=self._run, args=(key,), daemon=True,
-                                  name="jupyter-tunnel-link")
+                                  name="jupyter-tunnel-near-link")
         with self._lock:
             if self._closed:
                 return
