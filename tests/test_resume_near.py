@@ -338,12 +338,31 @@ def test_close_ends_the_helper_and_resets_every_client_without_leaking(make_rig:
     assert not [t for t in threading.enumerate() if t.name.startswith("jupyter-tunnel-near")]
 
 
-def test_close_ends_the_helper(make_rig: Any) -> None:
+def test_close_ends_the_helper_even_before_the_control_link_is_up(make_rig: Any) -> None:
     rig = make_rig()
-    near = rig.start()
-    near.close()
+    slow = threading.Event()
+
+    def connect() -> socket.socket:
+        slow.wait(0.5)  # an SSH channel takes a while to open
+        return rig.proxy.connect()
+
+    near = NearEnd(connect, SECRET.encode())
+    near.start()
+    near.close()  # at once: the control link is still being opened
     wait_for(lambda: rig.helper.gone(rig.answer), what="the helper gone")
     assert list(rig.helper.folder.iterdir()) == []
+
+
+def test_close_does_not_wait_for_a_link_that_is_down(make_rig: Any) -> None:
+    rig = make_rig()
+    near = rig.start()
+    rig.proxy.cut(refuse=600)
+    wait_for(lambda: not rig.status().link_up, what="the link down")
+    t0 = time.monotonic()
+    near.close(timeout=3.0)
+    assert time.monotonic() - t0 < 2.0  # the one attempt failed: nothing to wait for
+    rig.proxy.refuse_until = 0.0
+    rig.helper.stop(rig.answer)  # it would end alone after its outage limit
 
 
 def test_a_refused_target_resets_the_client(make_rig: Any) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .frames import MAX_SECRET, MAX_TARGET, Code, Reset
+from .frames import MAX_SECRET, MAX_TARGET, VERSION, Code, Hello, Mode, Reset
 from .helper_loop import CONTROL_TARGET
 from .near_loop import (
     _READ,
@@ -257,6 +258,8 @@ class NearEnd(Streams):
         for link in list(self._links):
             if link is not control:
                 self._drop_link(link)
+        if control is None:
+            control = self._last_control(deadline)
         if control is not None:
             self._forget_sock(control.sock)
             self._links.discard(control)
@@ -267,6 +270,27 @@ class NearEnd(Streams):
         self._close_loop()
         with self._lock:
             self._status = NearStatus(down_since=self._status.down_since, error=self._error)
+
+
+    def _last_control(self, deadline: float) -> Link | None:
+        """No control link at close (not made yet, or lost a moment ago): get one if the
+        connection allows before ``deadline``, so that the helper hears the goodbye."""
+        if CONTROL not in self._connector.pending:
+            self._connector.start(CONTROL)
+        while time.monotonic() < deadline:
+            for key, result in self._connector.results():
+                if key == CONTROL and isinstance(result, socket.socket):
+                    link = Link(result, None, Mode.NEW)
+                    link.send(Hello(VERSION, Mode.NEW, 0, 0, self._secret, CONTROL_TARGET))
+                    return link
+                if isinstance(result, socket.socket):
+                    result.close()
+                elif key == CONTROL:
+                    return None  # down: the helper ends by itself after its outage limit
+            with contextlib.suppress(OSError):
+                select.select([self._wake_r], [], [], min(0.1, deadline - time.monotonic()))
+            self._drain_wake()
+        return None
 
 
 def _goodbye(control: Link, deadline: float) -> None:
