@@ -99,11 +99,23 @@ class StatusApp(BaseTunnelApp):
             ("traffic", f"{human_bytes(record.get('bytes_in', 0))} in, "
                         f"{human_bytes(record.get('bytes_out', 0))} out, "
                         f"{record.get('connections', 0)} connection(s) open"),
+            ("resume", _resume_line(record.get("resume"))),
         ]
         for key, value in rows:
             if key == "why" and value is None:
                 continue
             print(f"{key + ':':<13}{value if value is not None else '-'}")
+
+
+def _resume_line(info: dict[str, Any] | None) -> str:
+    """What the resumable streams hold, e.g. "3 connection(s) held, 2.1 MB buffered"."""
+    if not info:
+        return "off"
+    if info.get("held"):
+        return (f"{info['held']} connection(s) held, {human_bytes(info.get('buffered', 0))} "
+                "buffered: they resume when the connection is back")
+    reached = "helper reached" if info.get("helper_reached") else "helper not reached now"
+    return f"{info.get('connections', 0)} resumable connection(s), {reached}"
 
 
 class CloseApp(BaseTunnelApp):

@@ -94,6 +94,11 @@ jupyter tunnel open beast via unicorn --detach --json
                    "Return once ready and keep the tunnel open in a background process."),
         "no-jupyter": ({"OpenApp": {"jupyter": False}},
                        "Forward only what --forward and --reverse ask for; look for no Jupyter."),
+        "resume": ({"TunnelManager": {"resume": True}},
+                   "Connections through the tunnel resume after an outage, nothing lost (a "
+                   "helper runs on the target). Off by default for now."),
+        "no-resume": ({"TunnelManager": {"resume": False}},
+                      "Connections through the tunnel end with the SSH connection (a reset)."),
     }
     via = List(Unicode(), help="Jump hosts, first hop first (repeatable or comma separated).")\
         .tag(config=True)

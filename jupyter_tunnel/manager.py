@@ -12,7 +12,7 @@ import time
 import weakref
 from typing import Any
 
-from traitlets import Enum, Float, Int, Unicode, default
+from traitlets import Bool, Enum, Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import procinfo
@@ -92,6 +92,32 @@ class TunnelManager(LoggingConfigurable):
         "before it is closed (instead of being refused at once while reconnecting).",
     ).tag(config=True)
 
+    resume = Bool(
+        False,
+        help="Carry the Jupyter forward and --forward forwards as resumable connections: a small "
+        "helper of ours on the target (run by the remote Jupyter's Python, ended with the "
+        "tunnel) holds their far ends, so an outage is only a pause for them, nothing lost. "
+        "Off by default while it is being finished (issue 11); when the target has no usable "
+        "Python the tunnel says so once and forwards as before.",
+    ).tag(config=True)
+
+    resume_outage = Float(
+        900.0,
+        help="Seconds a resumable connection is held through an outage; after that both ends "
+        "are reset (never ended as if complete).",
+    ).tag(config=True)
+
+    resume_connection_buffer = Int(
+        16 * 2**20,
+        help="Bytes a resumable connection may have sent and not yet acknowledged; beyond "
+        "that it pauses (and one whose buffer would overflow is reset at both ends).",
+    ).tag(config=True)
+
+    resume_tunnel_buffer = Int(
+        256 * 2**20,
+        help="The same for all of a tunnel's resumable connections together.",
+    ).tag(config=True)
+
     backend = Enum(
         ["auto", "openssh", "sshtunnel"],
         "auto",
@@ -144,6 +170,10 @@ class TunnelManager(LoggingConfigurable):
             reconnect_max_delay=self.reconnect_max_delay,
             reconnect_give_up=self.reconnect_give_up,
             hold_timeout=self.hold_timeout,
+            resume=self.resume,
+            resume_outage=self.resume_outage,
+            resume_connection_buffer=self.resume_connection_buffer,
+            resume_tunnel_buffer=self.resume_tunnel_buffer,
         )
 
     def prepare(self, spec: TunnelSpec, on_event: EventCallback | None = None) -> Tunnel:

@@ -36,6 +36,13 @@ class Settings:
     reconnect_give_up: float = 0.0
     #: how long a new connection waits for a lost SSH connection to come back
     hold_timeout: float = 20.0
+    #: carry forwarded connections as resumable streams (a helper on the last hop)
+    resume: bool = False
+    #: seconds a resumable connection is held through an outage before it is reset
+    resume_outage: float = 900.0
+    #: bytes held (sent, not yet acknowledged) per resumable connection, and per tunnel
+    resume_connection_buffer: int = 16 * 2**20
+    resume_tunnel_buffer: int = 256 * 2**20
 
 
 #: states a tunnel never leaves

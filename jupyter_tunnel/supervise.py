@@ -106,6 +106,8 @@ class TunnelHooks:
     notice: Callable[[str], None]
     #: a hop is being connected
     on_hop: Callable[[int, ResolvedHop], None]
+    #: the SSH connection is back after a loss (resumable streams reattach)
+    reconnected: Callable[[], None] = lambda: None
 
 
 class Supervisor:
@@ -348,6 +350,7 @@ class Supervisor:
                                 self.hooks.notice)
                 self._watch()
                 self._restore_reverse()
+                self.hooks.reconnected()
                 problem = self._jupyter_problem() if tunnel.remote is not None else None
                 if not backend.alive():
                     raise HopUnreachable("the connection was lost again at once")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import shlex
 import socket
 import threading
@@ -15,6 +16,8 @@ from . import detect, procinfo
 from .backends import Backend, make_backend
 from .errors import PortInUse, TunnelError
 from .registry import Registry
+from .resume.launch import ResumeUnavailable
+from .resume.tunnel_side import ResumeLimits, Resumer
 from .spec import Forward, TunnelSpec
 from .sshconfig import ResolvedHop
 from .state import TERMINAL, Settings, State
@@ -93,6 +96,8 @@ class Tunnel:
         self.notices: list[str] = []
         self.pid, self.started = procinfo.self_identity()
         self._supervisor: Supervisor | None = None
+        #: the resumable streams (``Settings.resume``), once their helper runs
+        self._resumer: Resumer | None = None
 
     # events -------------------------------------------------------------
     def on_event(self, callback: EventCallback) -> None:
@@ -163,6 +168,7 @@ class Tunnel:
             "error": self.error.to_dict() if self.error else None,
             "orphaned": False,
             "children": backend.children() if backend is not None else [],
+            "resume": self._resumer.summary() if self._resumer is not None else None,
             **stats,
         }
 
@@ -201,7 +207,8 @@ class Tunnel:
             self._open()
             supervisor = Supervisor(self, TunnelHooks(
                 set_state=self._set_state, fail=self._fail, save=self._save_locked,
-                notice=self._on_notice, on_hop=self._on_hop))
+                notice=self._on_notice, on_hop=self._on_hop,
+                reconnected=self._on_reconnected))
             supervisor.start()
             self._supervisor = supervisor
         except TunnelError as exc:
@@ -231,6 +238,9 @@ class Tunnel:
         if spec.jupyter:
             self._step(State.DETECTING)
             self.remote = self._find_remote()
+        if s.resume and (spec.jupyter or spec.forwards):
+            self._start_resume(backend)
+        if self.remote is not None:
             self.local_port = backend.forward_local(
                 spec.local_port, self.remote.forward_host, self.remote.port)
         for forward in spec.forwards:
@@ -244,6 +254,33 @@ class Tunnel:
             detect.wait_ready(self.remote, self.local_port, self.chain[-1].alias,
                               s.ready_timeout)
         self._step(State.READY)
+
+    def _start_resume(self, backend: Backend) -> None:
+        """Start the helper and hand the local forwards' connections to it; when the target
+        cannot run it, say so once and forward as before."""
+        s = self.settings
+        resumer = Resumer(backend, self.chain[-1].alias, f"jt-{secrets.token_hex(8)}",
+                          ResumeLimits(stream_limit=s.resume_connection_buffer,
+                                       tunnel_limit=s.resume_tunnel_buffer,
+                                       outage=s.resume_outage))
+        try:
+            resumer.start(self.remote.pid if self.remote is not None else None)
+        except ResumeUnavailable as exc:
+            self._on_notice(f"connections will not resume after an outage: {exc}")
+            return
+        with self._lock:
+            closed = self.state in TERMINAL
+            if not closed:
+                self._resumer = resumer
+        if closed:
+            resumer.close()
+            raise TunnelError(f"tunnel {self.name} was closed while opening")
+        backend.set_acceptor(resumer.adopt)
+
+    def _on_reconnected(self) -> None:
+        resumer = self._resumer
+        if resumer is not None:
+            resumer.reconnected()
 
     def _step(self, state: State) -> None:
         """Go on to the next state of the open, unless the tunnel was closed meanwhile."""
@@ -301,6 +338,11 @@ class Tunnel:
     def _teardown(self, keep_record: bool = False) -> None:
         if self._supervisor is not None:
             self._supervisor.stop()
+        with self._lock:
+            resumer, self._resumer = self._resumer, None
+        if resumer is not None:  # first: it ends the helper through the connection
+            with contextlib.suppress(Exception):
+                resumer.close()
         if self._backend is not None:  # also cuts a reconnect under way
             with contextlib.suppress(Exception):
                 self._backend.close()

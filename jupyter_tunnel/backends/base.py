@@ -14,6 +14,8 @@ ProgressCallback = Callable[[int, ResolvedHop], None]
 DeadCallback = Callable[[ResolvedHop, str, bool], None]
 #: called with something the user should know, e.g. a host key added to known_hosts
 NoticeCallback = Callable[[str], None]
+#: takes over an accepted local connection bound for ``host:port`` (as the last hop sees it)
+Acceptor = Callable[[socket.socket, str, int], None]
 
 
 class Backend(Protocol):
@@ -39,6 +41,10 @@ class Backend(Protocol):
     def run(self, command: str, timeout: float = 30.0, stdin: str | None = None
             ) -> tuple[int, str, str]:
         """Run ``command`` on the last hop with ``stdin``; return status, stdout, stderr."""
+
+    def set_acceptor(self, acceptor: Acceptor | None) -> None:
+        """Hand each connection the local forwards accept to ``acceptor(sock, host, port)``
+        (``host:port`` as the last hop sees it) instead of carrying it; None: carry again."""
 
     def unix_link(self, path: str, timeout: float = 10.0) -> socket.socket:
         """A connected socket carried to the Unix socket ``path`` on the last hop (the

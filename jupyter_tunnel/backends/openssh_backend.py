@@ -26,7 +26,7 @@ from ..errors import ConfigError, HopTimeout, HopUnreachable, RemotePortRefused,
 from ..sshconfig import ResolvedHop
 from . import openssh_master as om
 from . import openssh_mux as mux
-from .base import DeadCallback, NoticeCallback, ProgressCallback
+from .base import Acceptor, DeadCallback, NoticeCallback, ProgressCallback
 from .counters import Counters
 from .openssh_errors import loss
 from .openssh_files import MasterFiles, chain_key, control_dir, live_users
@@ -280,6 +280,10 @@ class OpenSSHBackend:
         return result.returncode, out, err
 
     # forwards -----------------------------------------------------------------
+    def set_acceptor(self, acceptor: Acceptor | None) -> None:
+        """Hand accepted local connections to ``acceptor`` instead of the master."""
+        self._forwarder.acceptor = acceptor
+
     def unix_link(self, path: str, timeout: float = 10.0) -> socket.socket:
         """A connected socket carried to the Unix socket ``path`` on the target (see
         :mod:`.openssh_links`); :class:`HopUnreachable` while the master is down."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from ..errors import HopUnreachable, PortInUse
 from . import openssh_mux as mux
+from .base import Acceptor
 from .counters import Counters
 
 log = logging.getLogger("jupyter_tunnel")
@@ -84,6 +85,8 @@ class Forwarder:
         self._old_anchors: set[socket.socket] = set()
         self._closed = False
         self._ended = False  # the loop is over: tasks are refused
+        #: takes accepted connections over instead of the master (resumable streams)
+        self.acceptor: Acceptor | None = None
         self._thread = threading.Thread(target=self._loop, name="jupyter_tunnel-openssh",
                                         daemon=True)
         self._thread.start()
@@ -209,7 +212,14 @@ class Forwarder:
                 time.sleep(0.05)
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._path is None:
+            acceptor = self.acceptor
+            if acceptor is not None:
+                try:
+                    acceptor(conn, route.host, route.port)
+                except Exception:  # a bug there must cost this connection, not the listeners
+                    log.exception("the acceptor failed")
+                    conn.close()
+            elif self._path is None:
                 self._held.append((conn, route, time.monotonic() + self.hold_timeout))
             else:
                 self._start(conn, route)

@@ -28,7 +28,7 @@ import sshtunnel
 from ..errors import ForwardingRefused, HopUnreachable, RemotePortRefused, TunnelError
 from ..sshconfig import ResolvedHop
 from . import memory, tuning
-from .base import DeadCallback, NoticeCallback, ProgressCallback
+from .base import Acceptor, DeadCallback, NoticeCallback, ProgressCallback
 from .chain import HopChain
 from .counters import Counters
 from .relay import abort, relay
@@ -62,6 +62,8 @@ class SSHTunnelBackend:
         memory.limit_arenas()  # before any relay thread: see memory's docstring
         #: seconds a new connection waits for a lost SSH connection to come back
         self.hold_timeout = hold_timeout
+        #: takes accepted connections over instead of channels (resumable streams)
+        self.acceptor: Acceptor | None = None
         self.counters = Counters()
         self.chain: HopChain | None = None
         self._connecting: HopChain | None = None
@@ -127,6 +129,10 @@ class SSHTunnelBackend:
             ) -> tuple[int, str, str]:
         """Run a command on the last hop."""
         return self._live_chain().exec(command, timeout, stdin)
+
+    def set_acceptor(self, acceptor: Acceptor | None) -> None:
+        """Hand accepted local connections to ``acceptor`` instead of opening channels."""
+        self.acceptor = acceptor
 
     def unix_link(self, path: str, timeout: float = 10.0) -> socket.socket:
         """A connected socket carried to the Unix socket ``path`` on the last hop (a

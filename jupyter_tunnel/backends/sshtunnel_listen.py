@@ -52,6 +52,17 @@ class _Handler(sshtunnel._ForwardHandler):  # type: ignore[misc]
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         route = self.target.route
+        acceptor = self.backend.acceptor
+        if acceptor is not None:
+            # socketserver shuts down and closes the request after handle(): detach the
+            # connection from its socket object first, so that only the acceptor ends it
+            taken = socket.socket(fileno=sock.detach())
+            try:
+                acceptor(taken, route.host, route.port)
+            except Exception:
+                log.exception("the acceptor failed")
+                taken.close()
+            return
         try:
             chan = self.backend.open_channel((route.host, route.port), sock.getpeername())
         except (TunnelError, paramiko.SSHException, EOFError, OSError) as exc:
