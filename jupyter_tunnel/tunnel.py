@@ -262,7 +262,10 @@ class Tunnel:
         resumer = Resumer(backend, self.chain[-1].alias, f"jt-{secrets.token_hex(8)}",
                           ResumeLimits(stream_limit=s.resume_connection_buffer,
                                        tunnel_limit=s.resume_tunnel_buffer,
-                                       outage=s.resume_outage))
+                                       outage=s.resume_outage),
+                          hops=[{"host": h.alias, "user": h.user, "port": h.port}
+                                for h in self.chain],
+                          ssh_config=self.chain[-1].config_file)
         try:
             resumer.start(self.remote.pid if self.remote is not None else None)
         except ResumeUnavailable as exc:

@@ -42,9 +42,15 @@ class Resumer:
     """The resumable streams of one tunnel (see the module docstring)."""
 
     def __init__(self, backend: Backend, host: str, tunnel_id: str,
-                 limits: ResumeLimits | None = None) -> None:
+                 limits: ResumeLimits | None = None, *,
+                 hops: list[dict[str, Any]] | None = None, ssh_config: str | None = None
+                 ) -> None:
         self.backend = backend
         self.host = host
+        #: how to reach the helper again (cleanup): each hop's {host, user, port}, first
+        #: hop first, and the ssh config they were resolved with (None: the default)
+        self.hops = hops or [{"host": host, "user": None, "port": None}]
+        self.ssh_config = ssh_config
         self.tunnel_id = tunnel_id
         self.limits = limits or ResumeLimits()
         self.helper: launch.HelperInfo | None = None
@@ -123,9 +129,14 @@ class Resumer:
     def summary(self) -> dict[str, Any]:
         """The status as shown in the tunnel's JSON."""
         status = self.status()
+        helper = self.helper
         return {"connections": status.streams_open, "held": status.streams_held,
                 "buffered": status.bytes_buffered, "helper_reached": status.link_up,
-                "helper_pid": self.helper.pid if self.helper else None}
+                "helper_pid": helper.pid if helper else None,
+                # what cleanup needs to prove and end it on the target if this process dies
+                "helper": {"id": self.tunnel_id, "pid": helper.pid, "started": helper.started,
+                           "socket": helper.socket, "host": self.host, "hops": self.hops,
+                           "ssh_config": self.ssh_config} if helper else None}
 
     def close(self, timeout: float = 5.0) -> None:
         """Reset what is held and end the helper; idempotent."""
