@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -231,6 +232,28 @@ def test_an_outage_longer_than_the_limit_resets_the_client(make_rig: Any) -> Non
     wait_for(lambda: rig.status().link_up, what="the link back")
     assert rig.status().down_since is None
     rig.helper.stop(rig.answer)  # the helper still held its end: a reset, never an EOF
+    wait_for(lambda: target.results, what="the target's end")
+    assert target.results == ["reset"]
+
+
+def test_a_client_reset_during_an_outage_resets_the_target_once_the_link_is_back(
+        make_rig: Any) -> None:
+    rig = make_rig()  # the helper would hold the target for 60 s on its own
+    near = rig.start()
+    target = rig.target(until_reset)
+    client = rig.client(target)
+    client.sendall(b"x")
+    wait_for(lambda: rig.status().streams_open == 1 and rig.status().streams_held == 0,
+             what="the stream open")
+    rig.proxy.cut(refuse=600)
+    wait_for(lambda: rig.status().streams_held == 1, what="the stream held")
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # the application gives up with a reset
+    rig.local.clients.remove(client)
+    rig.idle()
+    assert target.results == []
+    rig.proxy.refuse_until = 0.0
+    near.poke()
     wait_for(lambda: target.results, what="the target's end")
     assert target.results == ["reset"]
 

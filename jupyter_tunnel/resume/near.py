@@ -168,6 +168,9 @@ class NearEnd(Streams):
         for st in list(self._streams.values()):
             if st.stream.outage_exceeded(self.settings.outage, now):
                 self._reset(st, Code.OUTAGE, f"outage longer than {self.settings.outage:g}s")
+        for key, (*_, since) in list(self._doomed.items()):
+            if now - since > self.settings.outage:  # the helper has reset it by itself
+                del self._doomed[key]
         for link in list(self._links):
             if link.closing_at is not None and (not link.out
                                                 or now - link.closing_at > CLOSE_GRACE):
@@ -190,6 +193,7 @@ class NearEnd(Streams):
             ends.append(self._next_ping)
         if len(pending) < MAX_CONNECTS and (
                 (control is None and CONTROL not in pending)
+                or any(key not in pending for key in self._doomed)
                 or any(st.link is None and not st.stream.done and st not in pending
                        for st in self._streams.values())):
             ends.append(self._next_try)

@@ -205,6 +205,9 @@ class Loop:
         self._down_since: float | None = None  # wall clock
         self._next_ping = 0.0
         self._pings = 0
+        #: streams reset here while unlinked, whose RESET the helper has yet to hear:
+        #: key ("reset", id) -> (count received, code, reason, since)
+        self._doomed: dict[tuple[str, int], tuple[int, int, str, float]] = {}
         self._sel = selectors.DefaultSelector()
         self._events: dict[socket.socket, int] = {}
         self._wake_r, self._wake_w = socket.socketpair()
@@ -294,6 +297,7 @@ class Loop:
             wanted.append(CONTROL)
         wanted += [st for st in self._streams.values()
                    if st.link is None and not st.stream.done and st not in pending]
+        wanted += [key for key in self._doomed if key not in pending]
         for key in wanted:
             if len(pending) >= MAX_CONNECTS:
                 break

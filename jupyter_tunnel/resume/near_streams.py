@@ -42,7 +42,17 @@ class Streams(Loop):
         if isinstance(result, OSError):
             self._failed(now, str(result))
             return
-        if key == CONTROL:
+        if isinstance(key, tuple):  # a RESET to deliver: RESUME, then say it, then go
+            doomed = self._doomed.pop(key, None)
+            if doomed is None:
+                result.close()
+                return
+            received, code, reason, _ = doomed
+            link = Link(result, None, Mode.RESUME)
+            link.send(Hello(VERSION, Mode.RESUME, key[1], received, self._secret))
+            link.send(Reset(code, reason))
+            link.closing_at = now
+        elif key == CONTROL:
             link = Link(result, None, Mode.NEW)
             link.send(Hello(VERSION, Mode.NEW, 0, 0, self._secret, CONTROL_TARGET))
             self._control = link
@@ -272,9 +282,13 @@ class Streams(Loop):
 
     def _reset(self, st: NearStream, code: int, reason: str) -> None:
         """End the stream as incomplete: RESET to the helper if linked, RST to the client."""
+        received = st.stream.reader.received
         frame = st.stream.reset(code, reason)
         if st.link is not None:
             st.link.send(frame)
+        elif st.news:  # the helper may hold it: tell it once a link can be had
+            key = ("reset", st.stream.stream_id)
+            self._doomed[key] = (received, code, reason, time.monotonic())
         self._end(st, reason)
 
 
