@@ -14,6 +14,9 @@ duplicated or reordered.  A control link silent for three keepalives drops every
 (the SSH session is half-dead).  A local connection is closed cleanly only when its
 stream is complete both ways; every other end (outage over the limit, overflow, a
 refusal, a reset by the helper, ``close``) is an RST.
+
+This module holds the public side and the rounds; ``near_loop`` the loop, links and
+their connector thread, ``near_streams`` the frames and the local sockets.
 """
 
 from __future__ import annotations
