@@ -1,13 +1,15 @@
 """Holds jupyter_tunnel tunnels open for the benchmark, through the Python API.
 
-  holder.py SSH_CONFIG BACKEND COUNT FORWARD_PORT
+  holder.py SSH_CONFIG BACKEND COUNT FORWARD_PORT [resume]
 
 Opens COUNT tunnels ``beast via unicorn`` (each with an extra forward to beast's
 127.0.0.1:FORWARD_PORT, when not 0), one after the other, and prints one JSON line:
 this process's pid, the jupyter_tunnel package it imported, the seconds each open took
 (open to api/status verified), and each tunnel's URL, ports and the processes its backend
-started.  Closes them all and exits when stdin closes (exit 1 if a close failed), or on
-SIGTERM/SIGHUP (exit 128+signal, after closing them).
+started.  With ``resume`` the tunnels carry resumable connections
+(``TunnelManager.resume``): each must have its helper running on beast (else exit 1),
+whose pid and start time are printed too.  Closes them all and exits when stdin closes
+(exit 1 if a close failed), or on SIGTERM/SIGHUP (exit 128+signal, after closing them).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def main() -> None:
         signal.signal(sig, _exit)
     config, backend, count, forward = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
         int(sys.argv[4])
-    manager = TunnelManager(ssh_config=config, backend=backend, owner="python")
+    resume = sys.argv[5:] == ["resume"]
+    manager = TunnelManager(ssh_config=config, backend=backend, owner="python", resume=resume)
     forwards = [f"0:127.0.0.1:{forward}"] if forward else []
     tunnels: list[Any] = []
     times = []
@@ -49,10 +52,14 @@ def main() -> None:
         info = []
         for tunnel in tunnels:
             record = tunnel.to_dict()
+            helper = (record.get("resume") or {}).get("helper")
+            if resume and not helper:  # it fell back to plain forwards: not what is measured
+                raise SystemExit(f"holder: no resume helper: {tunnel.notices}")
             info.append({"url": record["url"], "local_port": record["local_port"],
                          "forward_port": record["forwards"][0]["local_port"] if forwards
                          else None,
-                         "children": [c["pid"] for c in record["children"]]})
+                         "children": [c["pid"] for c in record["children"]],
+                         "helper": [helper["pid"], helper["started"]] if helper else None})
         print(json.dumps({"pid": os.getpid(), "package": jupyter_tunnel.__file__,
                           "open_s": times, "tunnels": info}), flush=True)
         sys.stdin.read()

@@ -19,6 +19,8 @@ from jupyter_tunnel.detect import RemoteServer, status_once
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
 READY_DEADLINE_S = 30.0
+#: a contender name ending so carries resumable connections (``TunnelManager.resume``)
+RESUME = "-resume"
 
 
 def _stat(pid: int) -> list[str]:
@@ -96,6 +98,21 @@ def process_role(pid: int) -> str:
     return "other"
 
 
+def _end_helpers(identities: list[tuple[int, int | None]]) -> list[str]:
+    """Wait up to 5 s for these processes (pid, start time) to end after their tunnel
+    closed; kill and name those that did not."""
+    deadline = time.monotonic() + 5
+    while any(alive(p) and start_time(p) == s for p, s in identities) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    problems = []
+    for pid, started in identities:
+        if alive(pid) and start_time(pid) == started:
+            problems.append(f"pid {pid} still running after close: killed")
+            kill_if_same(pid, started)
+    return problems
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,14 +156,28 @@ class Procs:
     def env(self, contender: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if k not in ("JUPYTER_TUNNEL_BACKEND", "SSH_AUTH_SOCK", "PYTHONPATH")}
-        env["JUPYTER_RUNTIME_DIR"] = str(self.bench.runtime)
+        env["JUPYTER_RUNTIME_DIR"] = str(self.runtime_of(contender))
         if contender == "jt-baseline":
             env["PYTHONPATH"] = str(Path(self.bench.baseline).resolve())
         return env
 
+    def runtime_of(self, contender: str) -> Path:
+        """The contender's JUPYTER_RUNTIME_DIR, which holds its ssh masters' sockets: the
+        resume contenders' own, so that jt-openssh-resume never shares jt-openssh's master
+        (each contender's bytes go through its own processes)."""
+        folder = Path(self.bench.runtime)
+        if self.resume(contender):
+            folder /= "resume"
+            folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
     @staticmethod
     def backend(contender: str) -> str:
-        return "openssh" if contender == "jt-openssh" else "sshtunnel"
+        return "openssh" if contender.startswith("jt-openssh") else "sshtunnel"
+
+    @staticmethod
+    def resume(contender: str) -> bool:
+        return contender.endswith(RESUME)
 
     def _check_package(self, contender: str, path: str) -> None:
         """The contender imported the jupyter_tunnel it should (baseline: DIR's)."""
@@ -161,7 +192,8 @@ class Procs:
             return self._open_openssh(count, forward)
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "holder.py"), str(self.bench.net.ssh_config),
-             self.backend(contender), str(count), str(forward)],
+             self.backend(contender), str(count), str(forward),
+             *(["resume"] if self.resume(contender) else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env(contender),
             cwd=self.cwd)
         info: dict[str, Any] = {"contender": contender, "proc": proc, "pids": [proc.pid]}
@@ -175,6 +207,9 @@ class Procs:
         self._check_package(contender, info["package"])
         info["pids"] = [info["pid"]] + [p for t in info["tunnels"] for p in t["children"]]
         info["roles"] = {pid: process_role(pid) for pid in info["pids"]}
+        # the resume helpers run on beast (same pid namespace): counted apart from pids
+        info["helpers"] = [tuple(t["helper"]) for t in info["tunnels"] if t.get("helper")]
+        info["roles"].update({pid: "resume_helper" for pid, _ in info["helpers"]})
         return info
 
     def _open_openssh(self, count: int, forward: int) -> dict[str, Any]:
@@ -212,10 +247,16 @@ class Procs:
         return list(info["pids"])
 
     def forwarding_pids(self, contender: str) -> list[int]:
-        """The processes that carry the contender's main tunnel."""
+        """The processes that carry the contender's main tunnel (with its resume helper)."""
         if contender == "ceiling":
             return []
-        return self.pids_of(self.bench.tunnels[contender])
+        info = self.bench.tunnels[contender]
+        return self.pids_of(info) + self.helper_pids(info)
+
+    @staticmethod
+    def helper_pids(info: dict[str, Any]) -> list[int]:
+        """The resume helpers of a contender's tunnels (on beast)."""
+        return [pid for pid, _ in info.get("helpers", [])]
 
     @staticmethod
     def check_own_ssh(info: dict[str, Any]) -> None:
@@ -223,7 +264,7 @@ class Procs:
         jt-openssh its ssh master and that master's ProxyJump helper (none of them when a
         leftover master was reused), for the reference its ssh and helper."""
         want = {"jt-openssh": {"python", "ssh_master", "jump_helper"},
-                "openssh": {"ssh", "jump_helper"}}.get(info["contender"])
+                "openssh": {"ssh", "jump_helper"}}.get(info["contender"].removesuffix(RESUME))
         roles = set(info["roles"].values())
         if want is not None and not want <= roles:
             raise RuntimeError(f"{info['contender']}: its processes {info['roles']} lack "
@@ -248,6 +289,7 @@ class Procs:
                 proc.kill()
                 proc.wait()
                 problems.append("holder did not exit in 30 s: killed")
+            problems += _end_helpers(info.get("helpers", []))
         for proc in info.get("ssh", []):
             proc.terminate()
             try:
@@ -288,15 +330,7 @@ class Procs:
                 problems.append(f"close exited with {result.returncode}: {result.stderr[-500:]}")
         except subprocess.TimeoutExpired:
             problems.append("close took over 60 s")
-        deadline = time.monotonic() + 5
-        while any(alive(p) and start_time(p) == s for p, s in info["identities"]) \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid, started in info["identities"]:
-            if alive(pid) and start_time(pid) == started:
-                problems.append(f"pid {pid} still running after close: killed")
-                kill_if_same(pid, started)
-        return problems
+        return problems + _end_helpers(info["identities"])
 
     def _check_sys_path(self, contender: str, pid: int) -> None:
         """The detached process imports what it should: ``python -m`` put its current folder
@@ -326,7 +360,8 @@ class Procs:
         self.live.append(info)
         result = self._cli(contender, "open", "beast", "--via", "unicorn", "--detach",
                            "--json", "--name", name,
-                           f"--TunnelManager.backend={self.backend(contender)}")
+                           f"--TunnelManager.backend={self.backend(contender)}",
+                           *(["--resume"] if self.resume(contender) else []))
         try:
             record = json.loads(result.stdout)
         except ValueError:
@@ -336,6 +371,12 @@ class Procs:
                                f"(exit {result.returncode}): {result.stderr[-1000:]}")
         pids = [record["pid"], *(c["pid"] for c in record.get("children", []))]
         info["identities"] = [(p, start_time(p)) for p in pids]
+        helper = (record.get("resume") or {}).get("helper")
+        if helper:  # closing the tunnel must end it too
+            info["identities"].append((helper["pid"], helper["started"]))
+        elif self.resume(contender):
+            raise RuntimeError(f"{contender}: the detached tunnel has no resume helper: "
+                               f"{record.get('resume')}")
         info["pids"] = pids
         self._check_sys_path(contender, record["pid"])
         time.sleep(1.0)  # let it settle (first health check, registry writes)

@@ -10,11 +10,12 @@ other and 50 at once, time to ready cold and warm, CPU per GiB of the forwarding
 processes (also per process role), and memory (RSS and PSS).  Contenders: ``ceiling``
 (no tunnel: the client runs on beast), ``openssh`` (``ssh -J unicorn -L … beast`` with
 default settings, the reference), ``jt-openssh`` and ``jt-sshtunnel`` (jupyter_tunnel with
-each backend), and with ``--baseline DIR`` ``jt-baseline`` (the sshtunnel backend of the
-jupyter_tunnel copy in DIR, e.g. an older commit).  Prints a table (each figure also as a
-ratio to OpenSSH) and writes everything as JSON; exits 1 when a figure cannot be trusted
-(errors on a connection, a tunnel whose processes were not found).  Needs root
-(namespaces) and sshd; see benchmarks/README.md.
+each backend), ``jt-openssh-resume`` and ``jt-sshtunnel-resume`` (the same with resumable
+connections, ``TunnelManager.resume``), and with ``--baseline DIR`` ``jt-baseline`` (the
+sshtunnel backend of the jupyter_tunnel copy in DIR, e.g. an older commit).  Prints a
+table (each figure also as a ratio to OpenSSH) and writes everything as JSON; exits 1 when
+a figure cannot be trusted (errors on a connection, a tunnel whose processes were not
+found).  Needs root (namespaces) and sshd; see benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from meta import code_state, meta  # noqa: E402
 from procs import Procs, cpu_by_pid, pss_mb, rss_mb  # noqa: E402
-from report import failures, goals, summarize, table  # noqa: E402
+from report import failures, goals, resume_cost, summarize, table  # noqa: E402
 
 from jupyter_tunnel.sandbox import Sandbox  # noqa: E402
 
@@ -50,7 +51,8 @@ QUICK = {"reps": 1, "bulk_mib": 8, "lat_idle": 200, "lat_busy": 50, "sequential"
          "concurrent": 10, "ready_rounds": 1, "many": 3}
 SMOKE = {"reps": 1, "bulk_mib": 8, "lat_idle": 50, "lat_busy": 20, "sequential": 10,
          "concurrent": 5, "ready_rounds": 1, "many": 2}
-CONTENDERS = ["ceiling", "openssh", "jt-openssh", "jt-sshtunnel"]
+CONTENDERS = ["ceiling", "openssh", "jt-openssh", "jt-sshtunnel", "jt-openssh-resume",
+              "jt-sshtunnel-resume"]
 KNOWN = [*CONTENDERS, "jt-baseline"]
 #: the namespaces' prefix: "jtbench" and 4 random hex digits ("n" and "h" are not hex
 #: digits, so it never equals the tests' "jt" + 4 hex digits or "jtt" + digits)
@@ -209,11 +211,14 @@ class Bench:
         n = self.cfg["many"]
         tunnel_contenders = [c for c in self.contenders if c != "ceiling"]
         for contender in tunnel_contenders:
-            pids = self.procs.forwarding_pids(contender)
+            pids = self.procs.pids_of(self.tunnels[contender])
             after = rss_mb(pids)
             self.add(contender, "rss_after_traffic_mb", after)
             self.add(contender, "pss_after_traffic_mb", pss_mb(pids))
             self.add(contender, "rss_growth_mb", after - self.rss_start[contender])
+            helpers = self.procs.helper_pids(self.tunnels[contender])
+            if helpers:  # on beast: apart from this machine's processes
+                self.add(contender, "rss_helper_mb", rss_mb(helpers))
         self.procs.close_all()
         for contender in tunnel_contenders:
             fresh = self.procs.open(contender, count=1, forward=0)
@@ -244,8 +249,8 @@ class Bench:
             self.say("time to ready (cold, warm) ...")
             self.ready_times()
             self.open_main()
-            self.rss_start = {c: rss_mb(self.procs.forwarding_pids(c)) for c in self.contenders
-                              if c != "ceiling"}
+            self.rss_start = {c: rss_mb(self.procs.pids_of(self.tunnels[c]))
+                              for c in self.contenders if c != "ceiling"}
             for rep in range(self.cfg["reps"]):
                 self.say(f"repetition {rep + 1}/{self.cfg['reps']}: bulk, latency, connections")
                 self.bulk(rep)
@@ -348,6 +353,9 @@ def main() -> None:
     for check in data["goals"]:
         print(f"  {'met   ' if check['met'] else 'MISSED'} {check['backend']}: {check['goal']} "
               f"(got {check['value']})")
+    data["resume_cost"] = resume_cost(data["results"])
+    for line in data["resume_cost"]:
+        print(f"  {line}")
     data["failures"] = failures(data["results"], args.contenders)
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=1))

@@ -13,7 +13,8 @@ import pytest
 from conftest import need
 
 ROOT = Path(__file__).resolve().parent.parent
-TUNNELS = ("openssh", "jt-openssh", "jt-sshtunnel")
+TUNNELS = ("openssh", "jt-openssh", "jt-sshtunnel", "jt-openssh-resume", "jt-sshtunnel-resume")
+RESUMED = ("jt-openssh-resume", "jt-sshtunnel-resume")
 
 
 def _processes_mentioning(*needles: str) -> list[str]:
@@ -72,20 +73,27 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert results["jt-openssh"]["cpu_s_per_gib:jump_helper"] >= 0
     assert results["openssh"]["cpu_s_per_gib:jump_helper"] >= 0
     assert results["jt-sshtunnel"]["cpu_s_per_gib:python"] > 0
-    for contender in ("jt-openssh", "jt-sshtunnel"):
+    for contender in ("jt-openssh", "jt-sshtunnel", *RESUMED):
         assert results[contender]["rss_detached_mb"] > 0
+    # the resumable path: its helper on beast carried the bytes and was measured apart
+    for contender in RESUMED:
+        assert results[contender]["cpu_s_per_gib:resume_helper"] > 0, contender
+        assert results[contender]["rss_helper_mb"] > 0, contender
+    assert [line.split(" / ")[0] for line in data["resume_cost"]] == list(RESUMED)
     # N tunnels: the reference needs an ssh and a ProxyJump helper each; jt-openssh one
     # Python process, one ssh master and one helper; the in-process backend one process
     many = meta["config"]["many"]
     assert results["openssh"]["processes_n"] == 2 * many
     assert results["jt-openssh"]["processes_n"] == 3
     assert results["jt-sshtunnel"]["processes_n"] == 1
+    assert results["jt-openssh-resume"]["processes_n"] == 3  # here; the helpers on beast
+    assert results["jt-sshtunnel-resume"]["processes_n"] == 1
     # a second tunnel to the same hosts reuses the first one's ssh master
     assert results["jt-openssh"]["ready_warm_s"] < results["jt-openssh"]["ready_cold_s"]
 
     assert "x)" in result.stdout  # the table, with ratios
     assert f"{meta['config']['bulk_mib']} MiB" in result.stdout
-    assert {g["backend"] for g in data["goals"]} == {"jt-openssh", "jt-sshtunnel"}
+    assert {g["backend"] for g in data["goals"]} == {"jt-openssh", "jt-sshtunnel", *RESUMED}
 
     # nothing left behind
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,

@@ -118,6 +118,54 @@ def test_goals_met_and_missed() -> None:
     assert any(c["goal"] == "no error with 5 at once" for c in small)
 
 
+def test_goals_of_the_resume_contenders() -> None:
+    ref = {"jupyter_down_mbps": 200.0, "forward_down_mbps": 200.0, "forward_up_mbps": 200.0,
+           "latency_idle_p50_ms": 0.2, "latency_busy_p99_ms": 10.0, "sequential_p50_ms": 2.0}
+    results = {
+        "openssh": ref,
+        "jt-openssh-resume": {**ref, "forward_up_mbps": 170.0, "latency_idle_p50_ms": 0.25,
+                              "sequential_p50_ms": 2.9, "concurrent_errors": 0.0,
+                              "rss_detached_mb": 500.0},
+        "jt-sshtunnel-resume": {**ref, "forward_down_mbps": 150.0, "latency_idle_p50_ms": 0.3,
+                                "sequential_p50_ms": 3.2},
+    }
+    checks = {(c["backend"], c["goal"]): c for c in report.goals(results, CFG)}
+    assert checks[("jt-openssh-resume", "bulk >= 0.8x OpenSSH")] == {
+        "backend": "jt-openssh-resume", "goal": "bulk >= 0.8x OpenSSH", "value": 0.85,
+        "met": True}
+    assert checks[("jt-openssh-resume", "latency p50 <= 1.3x")]["met"]  # 1.25
+    assert checks[("jt-openssh-resume", "new connection p50 <= 1.5x")]["met"]  # 1.45
+    assert checks[("jt-openssh-resume", "no error with 50 at once")]["met"]
+    assert not checks[("jt-sshtunnel-resume", "bulk >= 0.8x OpenSSH")]["met"]  # 0.75
+    assert not checks[("jt-sshtunnel-resume", "latency p50 <= 1.3x")]["met"]  # 1.5
+    assert not checks[("jt-sshtunnel-resume", "new connection p50 <= 1.5x")]["met"]  # 1.6
+    # the plain backends' other goals are not the resume contenders'
+    assert {g for b, g in checks if b == "jt-openssh-resume"} == {
+        "bulk >= 0.8x OpenSSH", "latency p50 <= 1.3x", "new connection p50 <= 1.5x",
+        "no error with 50 at once"}
+
+
+def test_resume_cost_against_the_same_backend() -> None:
+    results = {"jt-openssh": {"forward_up_mbps": 200.0, "sequential_p50_ms": 2.0},
+               "jt-openssh-resume": {"forward_up_mbps": 150.0, "sequential_p50_ms": 3.0,
+                                     "cpu_s_per_gib": 4.0},
+               "jt-sshtunnel-resume": {"forward_up_mbps": 100.0}}  # no plain figures
+    assert report.resume_cost(results) == [
+        "jt-openssh-resume / jt-openssh: upload 0.75x, new connection p50 1.50x"]
+
+
+def test_table_shows_the_resume_helper() -> None:
+    results = {"openssh": {"cpu_s_per_gib": 3.0, "cpu_s_per_gib:jump_helper": 1.5},
+               "jt-sshtunnel-resume": {"cpu_s_per_gib": 6.0, "cpu_s_per_gib:python": 4.0,
+                                       "cpu_s_per_gib:resume_helper": 2.0,
+                                       "rss_helper_mb": 19.0}}
+    lines = report.table(results, ["openssh", "jt-sshtunnel-resume"], CFG).splitlines()
+    helper = next(ln for ln in lines if "of which resume helper (on beast)" in ln)
+    assert helper.split()[-1] == "2.00"
+    memory = next(ln for ln in lines if ln.startswith("memory, resume helper on beast"))
+    assert memory.split()[-1] == "19.0" and "x)" not in memory
+
+
 def test_failures() -> None:
     contenders = ["ceiling", "openssh", "jt-openssh"]
     clean = {"ceiling": CLEAN, "openssh": TUNNEL, "jt-openssh": TUNNEL}
@@ -131,12 +179,19 @@ def test_failures() -> None:
     assert any(f.startswith("openssh: cpu_s_per_gib = 0") for f in found)
     assert "jt-openssh: no pss_1_mb" in found
     assert len(found) == 4
+    # a resume contender must have had its helper on beast measured
+    resumed = {"openssh": TUNNEL, "jt-openssh-resume": TUNNEL}
+    assert report.failures(resumed, ["openssh", "jt-openssh-resume"]) == [
+        "jt-openssh-resume: no rss_helper_mb"]
+    resumed["jt-openssh-resume"] = {**TUNNEL, "rss_helper_mb": 19.0}
+    assert report.failures(resumed, ["openssh", "jt-openssh-resume"]) == []
 
 
 # run.py's arguments (checked before anything is built) ------------------------------------
 @pytest.mark.parametrize(("args", "message"), [
     (["--reps", "2"], "at least 3"),
     (["--contenders", "openssh,jt-bogus"], "unknown contender jt-bogus"),
+    (["--contenders", "jt-baseline-resume"], "unknown contender jt-baseline-resume"),
     (["--contenders", "openssh,jt-baseline"], "jt-baseline needs --baseline"),
     (["--baseline", "/nonexistent"], "no jupyter_tunnel/__init__.py"),
 ])
@@ -145,6 +200,19 @@ def test_run_arguments_refused(args: list[str], message: str) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+def test_run_contenders_default_and_picked() -> None:
+    run = _load("run")
+    assert run.parse_args([]).contenders == [
+        "ceiling", "openssh", "jt-openssh", "jt-sshtunnel", "jt-openssh-resume",
+        "jt-sshtunnel-resume"]
+    picked = run.parse_args(["--quick", "--contenders", "jt-sshtunnel-resume"])
+    assert picked.contenders == ["openssh", "jt-sshtunnel-resume"]  # the reference added
+    procs = _load("procs")
+    assert [(procs.Procs.backend(c), procs.Procs.resume(c)) for c in
+            ("jt-openssh", "jt-openssh-resume", "jt-sshtunnel-resume", "jt-baseline")] == [
+        ("openssh", False), ("openssh", True), ("sshtunnel", True), ("sshtunnel", False)]
 
 
 # procs: which jupyter_tunnel a detached process would import ----------------------------
