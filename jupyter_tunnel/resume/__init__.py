@@ -12,6 +12,9 @@ and replayed after a reconnect.
 - ``remote``: the helper program run on the last hop (built from ``frames``, ``replay``,
   ``helper_start``, ``helper_loop`` and ``helper_main``: its start and private files, its
   event loop and channels, its streams) and how the laptop starts it.
-
-Not yet used by the tunnels: the laptop side (in the backends) comes next.
+- ``launch``: finding the remote Jupyter's Python and starting the helper over SSH.
+- ``near`` (with ``near_loop``, ``near_streams``): the laptop side, ``NearEnd``: adopted
+  connections become streams over links to the helper, held through an outage and
+  resumed, reset when they cannot be.
+- ``tunnel_side``: what one tunnel holds of it (``Resumer``), used with ``--resume``.
 """
