@@ -4,7 +4,9 @@ A record is orphaned when its owner process is gone (pid plus start time no long
 match).  Its record is removed; processes it recorded as started by it (``children``)
 are ended, but only when pid, start time and command line all still match, so a
 process that merely reuses a pid is never signalled.  A port it held that something
-else now listens on is reported with that holder, never touched.
+else now listens on is reported with that holder, never touched.  A resume helper it
+started on its target is ended there, proven the same way (see :mod:`.resume.orphans`);
+a target that cannot be reached is reported, the helper then ends by itself.
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ def _end(pid: int, started: int, argv: list[str], timeout: float) -> bool:
 
 
 def _end_all(name: str, children: list[tuple[int, int, list[str]]], timeout: float,
-             ended: list[dict[str, Any]], left: list[dict[str, Any]]) -> None:
-    """End the recorded processes (pid, start time, argv) of the tunnel ``name``."""
+             ended: list[dict[str, Any]], left: list[dict[str, Any]],
+             gone_meanwhile: frozenset[int] = frozenset()) -> None:
+    """End the recorded processes (pid, start time, argv) of the tunnel ``name``; those in
+    ``gone_meanwhile`` that are gone now were ended by this cleanup already (the ssh master
+    that the connection to end the resume helper used, and ended when it closed)."""
     for pid, started, argv in children:
         command = " ".join(argv)
-        if _end(pid, started, argv, timeout):
+        if _end(pid, started, argv, timeout) or (
+                pid in gone_meanwhile and not procinfo.is_alive(pid, started)):
             ended.append({"tunnel": name, "pid": pid, "command": command})
         elif procinfo.is_alive(pid, None):
             left.append({"tunnel": name, "pid": pid, "command": command,
@@ -80,20 +86,51 @@ def _sweep_masters() -> None:
         sweep(control_dir(create=False))
 
 
+def _helper_of(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record's resume helper (``resume.helper``), if it names one."""
+    resume = record.get("resume")
+    helper = resume.get("helper") if isinstance(resume, dict) else None
+    return helper if isinstance(helper, dict) else None
+
+
+def _end_helper(name: str, record: dict[str, Any], backend: str,
+                ended: list[dict[str, Any]], left: list[dict[str, Any]]) -> str:
+    """End the record's resume helper on its target, if it has one; return a note for the
+    record's removal ("" if none)."""
+    helper = _helper_of(record)
+    if helper is None:
+        return ""
+    from .resume.orphans import end_helper
+
+    outcome = end_helper(helper, backend=backend)
+    if outcome.ended:
+        ended.append({"tunnel": name, "pid": outcome.pid, "host": outcome.host,
+                      "command": f"the resume helper on {outcome.host}",
+                      "what": outcome.message})
+    elif outcome.result == "gone":
+        return outcome.message
+    else:
+        left.append({"tunnel": name, "pid": outcome.pid, "host": outcome.host,
+                     "why": outcome.message})
+    return ""
+
+
 def _record_ports(record: dict[str, Any]) -> list[int]:
     found = [record.get("local_port")]
     found += [f.get("local_port") for f in record.get("forwards") or [] if isinstance(f, dict)]
     return [p for p in found if isinstance(p, int) and p > 0]
 
 
-def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
-            ) -> dict[str, list[dict[str, Any]]]:
+def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0,
+            backend: str = "auto") -> dict[str, list[dict[str, Any]]]:
     """Remove orphaned records and end the processes they started; report what was done.
 
     With ``only``, just the record of that name.  Returns ``{"removed": [...], "ended":
     [...], "left": [...]}``: the records removed (name,
-    pid, owner, why), the processes ended (pid, command, tunnel), and what was left alone
-    (a port now held by another process, a recorded process whose pid was reused).
+    pid, owner, why), the processes ended (pid, command, tunnel; for a resume helper also
+    host and ``what``), and what was left alone (a port now held by another process, a
+    recorded process whose pid was reused, a resume helper not reached or not proven).
+    ``backend`` carries the connection to a resume helper's target.
     """
     removed: list[dict[str, Any]] = []
     ended: list[dict[str, Any]] = []
@@ -112,8 +149,13 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
             shared = child.get("shared")
             groups.setdefault(shared if isinstance(shared, str) else None, []).append(
                 (pid, started, argv))
+        live = frozenset(pid for group in groups.values() for pid, started, argv in group
+                         if procinfo.is_same(pid, started, argv)) \
+            if _helper_of(record) is not None else frozenset()
+        # first, while its ssh master (if any) may still be up to carry the connection
+        note = _end_helper(name, record, backend, ended, left)
         for shared, group in groups.items():
-            end = functools.partial(_end_all, name, group, timeout, ended, left)
+            end = functools.partial(_end_all, name, group, timeout, ended, left, live)
             if shared is None:
                 end()
                 continue
@@ -124,6 +166,8 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
             why = f"its {record.get('owner')} process (pid {record.get('pid')}) is gone"
             if record.get("state") == "failed":
                 why += f"; it had failed: {(record.get('error') or {}).get('error')}"
+            if note:
+                why += f"; {note}"
             removed.append({"name": name, "pid": record.get("pid"), "owner": record.get("owner"),
                             "why": why})
         for port in _record_ports(record):
