@@ -15,7 +15,7 @@ from traitlets import Bool
 
 from .cli_base import BaseTunnelApp, common_flags
 from .errors import SpecError, TunnelError
-from .humanize import human_bytes, human_duration
+from .humanize import human_bytes, human_duration, resume_text
 
 
 def _why(record: dict[str, Any]) -> str:
@@ -108,12 +108,11 @@ class StatusApp(BaseTunnelApp):
 
 
 def _resume_line(info: dict[str, Any] | None) -> str:
-    """What the resumable streams hold, e.g. "3 connection(s) held, 2.1 MB buffered"."""
+    """What the resumable connections hold, e.g. "3 connections held, 2.1 MB buffered"."""
     if not info:
         return "off"
     if info.get("held"):
-        return (f"{info['held']} connection(s) held, {human_bytes(info.get('buffered', 0))} "
-                "buffered: they resume when the connection is back")
+        return f"{resume_text(info)}: they go on when the connection is back"
     reached = "helper reached" if info.get("helper_reached") else "helper not reached now"
     return f"{info.get('connections', 0)} resumable connection(s), {reached}"
 

@@ -21,3 +21,15 @@ def human_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def resume_text(info: object) -> str:
+    """What a tunnel's resumable connections hold, in words: "2 connections held, 2.1 MB
+    buffered" during an outage, else that they resume; "" when the tunnel does not resume."""
+    if not isinstance(info, dict):
+        return ""
+    held = int(info.get("held") or 0)
+    if held:
+        return (f"{held} connection{'s' if held != 1 else ''} held, "
+                f"{human_bytes(info.get('buffered', 0))} buffered")
+    return "connections resume after an outage"

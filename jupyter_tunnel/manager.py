@@ -258,7 +258,8 @@ class TunnelManager(LoggingConfigurable):
             self.registry.remove(name, owner_pid=pid)
             return record
         if not procinfo.is_alive(pid, started):
-            cleanup(self.registry, only=name)  # an orphan: remove it and what it left running
+            # an orphan: remove it and what it left running
+            cleanup(self.registry, only=name, backend=self.backend)
             record["state"] = "closed"
             return record
         if record.get("owner") != "cli" or not _is_our_cli(pid):
@@ -279,7 +280,7 @@ class TunnelManager(LoggingConfigurable):
 
     def cleanup(self) -> dict[str, builtins.list[dict[str, Any]]]:
         """Remove what crashed tunnels of this user left behind; see :mod:`.cleanup`."""
-        report = cleanup(self.registry)
+        report = cleanup(self.registry, backend=self.backend)
         for item in report["removed"]:
             self.log.info("cleanup: removed tunnel record %s: %s", item["name"], item["why"])
         for item in report["ended"]:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
-from .humanize import human_bytes, human_duration
+from .humanize import human_bytes, human_duration, resume_text
 from .state import State
 from .tunnel import Tunnel
 
@@ -312,6 +312,8 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
         if "connections" in info and state is not State.CLOSED:
             c = int(info["connections"] or 0)
             parts.append(f"{c} connection{'s' if c != 1 else ''} open")
+        if state is not State.CLOSED and (resume := resume_text(info.get("resume"))):
+            parts.append(resume)
         return f"<span style='color:{_GREY}'>{' · '.join(parts)}</span>"
 
     def _message(self, info: dict[str, Any], state: State) -> str:

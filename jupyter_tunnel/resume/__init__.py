@@ -17,4 +17,6 @@ and replayed after a reconnect.
   connections become streams over links to the helper, held through an outage and
   resumed, reset when they cannot be.
 - ``tunnel_side``: what one tunnel holds of it (``Resumer``), used with ``--resume``.
+- ``orphans`` (with ``orphan_remote``, run on the target): ending the helper of a tunnel
+  whose process died (``cleanup``), proven by pid, start time and command line there.
 """

@@ -136,7 +136,8 @@ class Resumer:
                 # what cleanup needs to prove and end it on the target if this process dies
                 "helper": {"id": self.tunnel_id, "pid": helper.pid, "started": helper.started,
                            "socket": helper.socket, "host": self.host, "hops": self.hops,
-                           "ssh_config": self.ssh_config} if helper else None}
+                           "ssh_config": self.ssh_config, "outage": self.limits.outage}
+                if helper else None}
 
     def close(self, timeout: float = 5.0) -> None:
         """Reset what is held and end the helper; idempotent."""

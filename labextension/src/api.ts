@@ -23,6 +23,8 @@ export interface ITunnel {
   problem?: string | null;
   orphaned?: boolean;
   error: ITunnelError | null;
+  /** With --resume: what its resumable connections hold (null: it does not resume). */
+  resume?: { held: number; buffered: number; connections: number } | null;
 }
 
 /** Why a tunnel failed. */

@@ -34,6 +34,32 @@ export function duration(seconds: number): string {
   return `${s % 60}s`;
 }
 
+/** `512 B`, `2.1 MB`: as the command line says it. */
+export function bytes(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB'];
+  let value = Math.max(0, n);
+  let i = 0;
+  while (value >= 1000 && i < units.length - 1) {
+    value /= 1000;
+    i += 1;
+  }
+  return i === 0 ? `${value} B` : `${value.toFixed(1)} ${units[i]}`;
+}
+
+/** What resumable connections hold: "2 connections held, 2.1 MB buffered" in an outage. */
+export function resumeText(t: ITunnel): string {
+  if (!t.resume) {
+    return '';
+  }
+  const held = t.resume.held || 0;
+  if (held) {
+    return `${held} connection${held === 1 ? '' : 's'} held, ${bytes(
+      t.resume.buffered || 0
+    )} buffered`;
+  }
+  return 'connections resume after an outage';
+}
+
 /** What the tunnel is doing now, in words (empty when there is nothing to say). */
 export function progress(t: ITunnel): string {
   const hops = t.hops || [];

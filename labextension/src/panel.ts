@@ -6,7 +6,7 @@
 import { Widget } from '@lumino/widgets';
 
 import { ApiError, ITunnel, closeTunnel as deleteTunnel, listHosts, listTunnels } from './api';
-import { duration, el, progress } from './dom';
+import { duration, el, progress, resumeText } from './dom';
 import { OpenForm } from './form';
 
 /** How often the list is refreshed while the panel is visible, in ms (not while hidden). */
@@ -254,6 +254,10 @@ export class TunnelPanel extends Widget {
     }
     if (t.local_port) {
       meta.push(`port ${t.local_port}`);
+    }
+    const resume = live ? resumeText(t) : '';
+    if (resume) {
+      meta.push(resume);
     }
     if (t.owner && t.owner !== 'server') {
       meta.push(`opened by ${t.owner} (pid ${t.pid})`);
