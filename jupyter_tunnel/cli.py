@@ -111,7 +111,7 @@ def _resume_line(info: dict[str, Any] | None) -> str:
     """What the resumable connections hold, e.g. "3 connections held, 2.1 MB buffered"."""
     if not info:
         return "off"
-    if info.get("held"):
+    if info.get("held") and not info.get("helper_reached"):
         return f"{resume_text(info)}: they go on when the connection is back"
     reached = "helper reached" if info.get("helper_reached") else "helper not reached now"
     return f"{info.get('connections', 0)} resumable connection(s), {reached}"

@@ -25,11 +25,13 @@ def human_duration(seconds: float) -> str:
 
 def resume_text(info: object) -> str:
     """What a tunnel's resumable connections hold, in words: "2 connections held, 2.1 MB
-    buffered" during an outage, else that they resume; "" when the tunnel does not resume."""
+    buffered" while the helper cannot be reached (an outage), else that they resume; ""
+    when the tunnel does not resume.  (A new connection waits a moment for its link: held
+    too, but not worth a word while the helper is reached.)"""
     if not isinstance(info, dict):
         return ""
     held = int(info.get("held") or 0)
-    if held:
+    if held and not info.get("helper_reached"):
         return (f"{held} connection{'s' if held != 1 else ''} held, "
                 f"{human_bytes(info.get('buffered', 0))} buffered")
     return "connections resume after an outage"

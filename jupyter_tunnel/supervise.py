@@ -88,6 +88,10 @@ class Supervised(Protocol):
     @property
     def backend(self) -> Backend | None: ...
 
+    def live_counters(self) -> dict[str, object]:
+        """What changes while the tunnel just runs (traffic, resumable connections held)."""
+        ...
+
     def run_remote(self, script: str, *args: str, timeout: float | None = None
                    ) -> tuple[int, str, str]: ...
 
@@ -124,7 +128,7 @@ class Supervisor:
         #: a reverse forward the server refused after a reconnect, asked for again
         self._reverse_refused: TunnelError | None = None
         self._last_check = time.monotonic()
-        self._last_saved: dict[str, int] = {}
+        self._last_saved: dict[str, object] = {}
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"jupyter_tunnel-{tunnel.name}")
 
@@ -217,9 +221,7 @@ class Supervisor:
         return True
 
     def _save_counters(self) -> None:
-        tunnel = self.tunnel
-        backend = tunnel.backend
-        stats = backend.stats() if backend is not None else {}
+        stats = self.tunnel.live_counters()
         if stats != self._last_saved:
             self._last_saved = stats
             self.hooks.save()

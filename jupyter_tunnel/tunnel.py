@@ -172,6 +172,17 @@ class Tunnel:
             **stats,
         }
 
+    def live_counters(self) -> dict[str, object]:
+        """Traffic counters and what the resumable connections hold (the supervisor saves
+        the record when they change)."""
+        backend, resumer = self._backend, self._resumer
+        counters: dict[str, object] = dict(backend.stats()) if backend is not None else {}
+        if resumer is not None:
+            status = resumer.status()
+            counters["resume"] = (status.streams_open, status.streams_held, status.link_up,
+                                  status.bytes_buffered // 100_000)
+        return counters
+
     def _save(self) -> None:
         if self.registry is not None and self._claimed and self.state not in TERMINAL:
             try:

@@ -190,8 +190,9 @@ def test_the_cli_opens_a_resumable_tunnel_to_jupyter_and_says_so(cli: CLI) -> No
         pid = info["resume"]["helper_pid"]
         started = procinfo.start_time(pid)
         assert api_status(str(info["url"])) == 200  # through the helper on beast
-        status = cli.run("status", "beast").stdout
-        assert "resumable connection(s), helper reached" in status, status
+        # the detached process saves its record when what it holds changes
+        _wait(lambda: "resumable connection(s), helper reached"
+              in cli.run("status", "beast").stdout, 20, "status: the helper reached")
     finally:
         cli.run("close", "--all")
     _wait(lambda: not procinfo.is_alive(pid, started), 10, "the helper gone with the tunnel")

@@ -24,7 +24,12 @@ export interface ITunnel {
   orphaned?: boolean;
   error: ITunnelError | null;
   /** With --resume: what its resumable connections hold (null: it does not resume). */
-  resume?: { held: number; buffered: number; connections: number } | null;
+  resume?: {
+    held: number;
+    buffered: number;
+    connections: number;
+    helper_reached: boolean;
+  } | null;
 }
 
 /** Why a tunnel failed. */

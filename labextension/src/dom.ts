@@ -46,13 +46,16 @@ export function bytes(n: number): string {
   return i === 0 ? `${value} B` : `${value.toFixed(1)} ${units[i]}`;
 }
 
-/** What resumable connections hold: "2 connections held, 2.1 MB buffered" in an outage. */
+/**
+ * What resumable connections hold: "2 connections held, 2.1 MB buffered" while the helper
+ * cannot be reached (an outage), else that they resume (as humanize.resume_text says it).
+ */
 export function resumeText(t: ITunnel): string {
   if (!t.resume) {
     return '';
   }
   const held = t.resume.held || 0;
-  if (held) {
+  if (held && !t.resume.helper_reached) {
     return `${held} connection${held === 1 ? '' : 's'} held, ${bytes(
       t.resume.buffered || 0
     )} buffered`;
