@@ -226,7 +226,9 @@ def test_an_outage_longer_than_the_limit_resets_the_client(make_rig: Any) -> Non
     t0 = time.monotonic()
     assert ended_by(client) == "reset"
     assert 1.0 < time.monotonic() - t0 < 30
-    assert rig.status().streams_open == 0
+    # the status is published at the end of the engine's round: the client may see its
+    # reset first (a loaded clean-clone run read 1 here)
+    wait_for(lambda: rig.status().streams_open == 0, what="the stream gone from the status")
     rig.proxy.refuse_until = 0.0
     near.poke()
     wait_for(lambda: rig.status().link_up, what="the link back")
@@ -459,7 +461,9 @@ def test_a_stream_complete_at_the_helper_still_drains_to_a_slow_client(make_rig:
     near.adopt(accepted, target.address)
     client.shutdown(socket.SHUT_WR)
     wait_for(lambda: target.results == ["eof"], what="the target's clean end")
-    assert rig.status().bytes_buffered > 100 * 1024  # still to be written to the client
+    # still to be written to the client (the helper may still be sending it when the
+    # target ends: a loaded clean-clone run read 0 here at once)
+    wait_for(lambda: rig.status().bytes_buffered > 100 * 1024, what="the download held here")
     connects = rig.proxy.connects
     rig.proxy.cut()
     time.sleep(1.0)  # no retry storm: the stream needs no link
