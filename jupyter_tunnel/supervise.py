@@ -400,5 +400,6 @@ class Supervisor:
                 if self._force:
                     self._force = False
                     return
+            self._save_counters()  # what resumable connections hold shows while waiting
             if probe and reachable(first, 0.5):
                 return
