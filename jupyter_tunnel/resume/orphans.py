@@ -20,7 +20,6 @@ import math
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from ..backends import make_backend
@@ -34,8 +33,6 @@ __all__ = ["HelperOutcome", "end_helper", "program", "request_input"]
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: joined in this order, as ``remote.program`` joins the helper's
 _MODULES = ("frames.py", "helper_start.py", "orphan_remote.py")
-_RELATIVE = re.compile(r"^from \.\w* import (?:\([^)]*\)|[^\n]*)\n", re.MULTILINE)
-_FUTURE = "from __future__ import annotations\n"
 
 
 @dataclass(frozen=True)
@@ -57,26 +54,15 @@ class HelperOutcome:
 @cache
 def program() -> str:
     """The remote program's full source (Python 3.8+, stdlib only)."""
-    here = Path(__file__).parent
-    parts = [_FUTURE]
-    for name in _MODULES:
-        text = (here / name).read_text(encoding="utf-8")
-        if _FUTURE not in text:
-            raise RuntimeError(f"{name} must start with {_FUTURE.strip()!r}")
-        parts.append(f"# ---- {name}\n" + _RELATIVE.sub("", text.replace(_FUTURE, "")))
-    parts.append("\nmain_orphan()\n")
-    return "\n".join(parts)
+    return remote.join_modules(_MODULES, "main_orphan()")
 
 
 def request_input(tunnel_id: str, pid: int, started: int, wait: float) -> bytes:
     """What the program's stdin receives: the loader line, the program, the request."""
     if not _ID.match(tunnel_id):
         raise ValueError(f"not a helper id: {tunnel_id!r}")
-    source = program().encode("utf-8")
-    loader = (f"import sys;exec(compile(sys.stdin.buffer.read({len(source)}),"
-              "'jupyter-tunnel-orphan','exec'))\n")
     line = json.dumps({"id": tunnel_id, "pid": pid, "started": started, "wait": wait})
-    return loader.encode() + source + line.encode() + b"\n"
+    return remote.stdin_for(program(), "jupyter-tunnel-orphan", line)
 
 
 def _int(value: object) -> int | None:

@@ -46,18 +46,32 @@ _PYTHON = re.compile(r"[A-Za-z0-9_./+-]+\Z")
 LOADER = "import sys;exec(sys.stdin.buffer.readline())"
 
 
-@cache
-def program() -> str:
-    """The helper program's full source."""
+def join_modules(modules: tuple[str, ...], entry: str) -> str:
+    """One source of our ``modules`` (each without its ``from __future__`` and relative
+    imports), then the ``entry`` statement: a program to send to the last hop."""
     here = Path(__file__).parent
     parts = [_FUTURE]
-    for name in _MODULES:
+    for name in modules:
         text = (here / name).read_text(encoding="utf-8")
         if _FUTURE not in text:
             raise RuntimeError(f"{name} must start with {_FUTURE.strip()!r}")
         parts.append(f"# ---- {name}\n" + _RELATIVE.sub("", text.replace(_FUTURE, "")))
-    parts.append("\nmain_start(serve)\n")
+    parts.append(f"\n{entry}\n")
     return "\n".join(parts)
+
+
+def stdin_for(source: str, name: str, tail: str) -> bytes:
+    """A program's stdin after the fixed ``LOADER`` line: the line that reads and runs
+    ``source`` (named ``name`` in tracebacks), the source, then ``tail`` (one JSON line)."""
+    raw = source.encode("utf-8")
+    loader = f"import sys;exec(compile(sys.stdin.buffer.read({len(raw)}),{name!r},'exec'))\n"
+    return loader.encode() + raw + tail.encode() + b"\n"
+
+
+@cache
+def program() -> str:
+    """The helper program's full source."""
+    return join_modules(_MODULES, "main_start(serve)")
 
 
 def command(python: str = "python3") -> str:
@@ -87,10 +101,7 @@ class HelperSettings:
 
 def start_input(settings: HelperSettings) -> bytes:
     """Everything the helper's stdin receives: loader line, program, settings line."""
-    source = program().encode("utf-8")
-    loader = (f"import sys;exec(compile(sys.stdin.buffer.read({len(source)}),"
-              "'jupyter-tunnel-resume','exec'))\n")
-    return loader.encode() + source + settings.to_json().encode() + b"\n"
+    return stdin_for(program(), "jupyter-tunnel-resume", settings.to_json())
 
 
 def parse_reply(stdout: str) -> dict[str, Any]:
