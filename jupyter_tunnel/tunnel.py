@@ -365,7 +365,12 @@ class Tunnel:
         if self.registry is not None and self._claimed:
             with contextlib.suppress(Exception):
                 if keep_record:
-                    self.registry.save(self.to_dict(), owner_pid=self.pid)
+                    record = self.to_dict()
+                    if resumer is not None:
+                        # the connection is lost, so its helper may still run on the
+                        # target: cleanup ends it once this process is gone
+                        record["resume"] = resumer.summary()
+                    self.registry.save(record, owner_pid=self.pid)
                 else:
                     self.registry.remove(self.name, owner_pid=self.pid)
         self._done.set()

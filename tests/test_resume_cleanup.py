@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +215,57 @@ def test_an_unreachable_target_is_said_quickly(cli: CLI, net: Sandbox, runtime_d
         "by itself within 2 min): " in result.stdout, result.stdout
     assert elapsed < 30, f"cleanup took {elapsed:.1f} s"
     assert registry.all() == []
+
+
+_OWNER = """
+import sys, time
+from jupyter_tunnel import open_tunnel
+from jupyter_tunnel.manager import TunnelManager
+manager = TunnelManager(ssh_config=sys.argv[1], backend=sys.argv[2], reconnect_give_up=2.0,
+                        reconnect_max_delay=0.5)
+tunnel = open_tunnel("beast", via="unicorn", manager=manager)
+print(tunnel.local_port, flush=True)
+tunnel.wait()
+print(tunnel.state.value, flush=True)
+time.sleep(600)  # a Jupyter server or kernel that lives on after its tunnel failed
+"""
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("backend", ["openssh", "sshtunnel"])
+def test_cleanup_ends_the_helper_of_a_failed_tunnel_whose_owner_died(
+        cli: CLI, net: Sandbox, runtime_dir: Path, backend: str,
+        started_helpers: list[dict[str, Any]]) -> None:
+    """A tunnel that failed (it gave up reconnecting) could not end its helper through the
+    lost connection: the record kept to say why names the helper, so that cleanup ends it
+    once the owner is gone too."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER, str(net.ssh_config), backend],
+                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert owner.stdout is not None
+    try:
+        port = int(owner.stdout.readline() or 0)
+        assert port, owner.stderr.read() if owner.stderr else ""
+        registry = Registry(runtime_dir / "jupyter_tunnel")
+        record = registry.read("beast")
+        helper = ((record or {}).get("resume") or {}).get("helper")
+        assert helper, record
+        started_helpers.append(helper)
+        net.stop_sshd("unicorn")  # the jump host gone: the tunnel gives up after 2 s
+        try:
+            assert owner.stdout.readline().strip() == "failed"
+        finally:
+            net.start_sshd("unicorn")
+        failed = registry.read("beast")
+        assert failed is not None and failed["state"] == "failed", failed
+        assert failed["resume"]["helper"] == helper, failed
+        assert procinfo.is_alive(helper["pid"], helper["started"])  # still held on beast
+    finally:
+        owner.kill()
+        owner.wait()
+    result = cli.run("cleanup")
+    assert result.returncode == 0, result.stderr
+    assert f"ended pid {helper['pid']} (the resume helper on beast) of beast" in result.stdout, \
+        result.stdout
+    assert not procinfo.is_alive(helper["pid"], helper["started"])
+    assert not os.path.exists(helper["socket"])
+    assert_left_nothing(runtime_dir, port)
