@@ -361,7 +361,7 @@ class Procs:
         result = self._cli(contender, "open", "beast", "--via", "unicorn", "--detach",
                            "--json", "--name", name,
                            f"--TunnelManager.backend={self.backend(contender)}",
-                           *(["--resume"] if self.resume(contender) else []))
+                           "--resume" if self.resume(contender) else "--no-resume")
         try:
             record = json.loads(result.stdout)
         except ValueError:
