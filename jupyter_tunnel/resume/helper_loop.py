@@ -26,7 +26,7 @@ from .frames import (
     VersionError,
 )
 from .helper_start import Settings
-from .replay import Budget, Overflow, Stream
+from .replay import ACK_DELAY, Budget, Overflow, Stream
 
 #: HELLO NEW with this target (and stream id 0) opens a control channel
 CONTROL_TARGET = "jupyter-tunnel:control"
@@ -79,6 +79,8 @@ class Held:
         self.target_shut = False  # we sent the laptop's EOF on to the target
         self.channel: Channel | None = None
         self.last_ack = 0
+        self.welcome_owed = False  # a NEW's WELCOME(0), to ride with the first answer
+        self.owed_since: float | None = None  # since when the laptop is owed WELCOME or ACK
         self.reason = ""  # why it was reset
 
     @property
@@ -87,6 +89,35 @@ class Held:
         reader = self.stream.reader
         pending_eof = 1 if reader.eof and not self.target_shut else 0
         return reader.received - len(self.to_target) - pending_eof
+
+    @property
+    def ack_at(self) -> float | None:
+        """When the WELCOME or ACK owed goes alone, if no DATA or EOF took it along by
+        then (ACK_DELAY after it was owed); None if nothing is owed, or no channel or
+        target (``_progress``, which sends it, needs both)."""
+        if self.channel is None or self.target is None or self.owed_since is None:
+            return None
+        if not self.welcome_owed and self.delivered <= self.last_ack:
+            return None
+        return self.owed_since + ACK_DELAY
+
+    def told(self) -> int:
+        """The laptop is told (WELCOME or ACK) what reached the target: that count."""
+        self.welcome_owed = False
+        self.last_ack = self.delivered
+        pending = self.last_ack < self.stream.reader.received  # still on its way there
+        self.owed_since = time.monotonic() if pending else None
+        return self.last_ack
+
+    def ack_wanted(self, now: float) -> bool:
+        """Send what is owed now, alone if need be: its time came, an ACK's worth of bytes
+        or the laptop's EOF reached the target (acknowledged at once)."""
+        at = self.ack_at
+        if at is None:
+            return False
+        unacked = self.delivered - self.last_ack
+        return now >= at or unacked >= self.stream.reader.ack_every \
+            or (self.target_shut and unacked > 0)
 
     @property
     def finished(self) -> bool:
@@ -146,6 +177,7 @@ class Loop:
         if self.settings.keepalive:
             ends += [ch.heard + 3 * self.settings.keepalive for ch in self.channels
                      if ch.control]
+        ends += [at for at in (h.ack_at for h in self.streams.values()) if at is not None]
         return max(0.01, min([2.0, *(t - now for t in ends)]))
 
     def _dispatch(self, kind: str, obj: Any, mask: int) -> None:

@@ -121,7 +121,11 @@ class Helper(Loop):
         if held is None:
             raise ProtocolError("a frame for no stream")
         if isinstance(frame, (Data, Eof)):
-            new = held.stream.reader.receive(frame)
+            reader = held.stream.reader
+            before = reader.received
+            new = reader.receive(frame)
+            if reader.received > before and held.owed_since is None:
+                held.owed_since = time.monotonic()
             if new:
                 held.to_target += new
                 if len(held.to_target) > self.settings.stream_limit:
@@ -179,7 +183,9 @@ class Helper(Loop):
         if ch is None:  # the laptop left before the answer: it will RESUME or give up
             return
         ch.waiting = False
-        self._send(ch, Welcome(0))
+        # the WELCOME rides with the first answer (see ACK_DELAY): WELCOME alone and then
+        # DATA would be two small writes, the second held for the first's TCP ACK
+        held.welcome_owed, held.owed_since = True, time.monotonic()
         pending, ch.pending = ch.pending, []
         for frame in pending:
             if ch.held is not held:
@@ -216,8 +222,7 @@ class Helper(Loop):
             self._refuse(ch, Code.BAD_RESUME, str(exc))
             return
         held.channel, ch.held = ch, held
-        held.last_ack = held.delivered
-        ch.send(Welcome(held.last_ack))
+        ch.send(Welcome(held.told()))
         for frame in replay:
             ch.send(frame)
         self._flush(ch)
@@ -261,6 +266,7 @@ class Helper(Loop):
         if not data:
             held.target_eof = True
         if held.channel is not None:  # when detached, the replay sends them later
+            self._owed(held, held.channel)
             for frame in frames:
                 held.channel.send(frame)
             self._flush(held.channel)
@@ -280,10 +286,9 @@ class Helper(Loop):
                 return
             held.target_shut = True
         ch = held.channel
-        delivered = held.delivered
-        if ch is not None and delivered > held.last_ack:
-            held.last_ack = delivered
-            self._send(ch, Ack(delivered))
+        if ch is not None and held.ack_wanted(time.monotonic()):
+            self._owed(held, ch)  # alone: no DATA came to take it along
+            self._flush(ch)
         if stream.writer.eof_acked and held.target_shut and held.last_ack == stream.reader.received:
             # complete both ways: the target gets its clean close; the record stays for a
             # resume of a laptop that did not hear our last ACK, until its channel closes
@@ -297,12 +302,23 @@ class Helper(Loop):
             if ch is None:
                 self._forget(held)
 
+    def _owed(self, held: Held, ch: Channel) -> None:
+        """Queue the WELCOME and ACK owed to the laptop, in front of the frames that follow
+        in the same write."""
+        welcome, before = held.welcome_owed, held.last_ack
+        count = held.told()
+        if welcome:
+            ch.send(Welcome(0))
+        if count > before:
+            ch.send(Ack(count))
+
     # --- ends -------------------------------------------------------------------------
 
     def _reset(self, held: Held, code: int, reason: str) -> None:
         """End a stream as incomplete: RST to the target, RESET to the laptop if attached."""
         frame = held.stream.reset(code, reason)
         if held.channel is not None:
+            self._owed(held, held.channel)  # a RESET before WELCOME would be a protocol error
             held.channel.send(frame)
         self._end(held, code, reason)
 

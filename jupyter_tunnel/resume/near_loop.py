@@ -1,9 +1,10 @@
 """The laptop side's event loop, its links to the helper and the thread that connects them.
 
 The stream logic is in ``near`` (``NearEnd``).  One daemon thread runs a ``selectors``
-loop over non-blocking sockets: each round dispatches the ready sockets, then ``_tick``
-takes what other threads handed over (adopted sockets, finished link connects, a poke,
-close), checks the timers and sets every socket's interest from the state.
+loop over non-blocking sockets: each round sends the ACKs that came due, dispatches the
+ready sockets, then ``_tick`` takes what other threads handed over (adopted sockets,
+finished link connects, a poke, close), checks the timers and sets every socket's
+interest from the state.
 ``connect_link`` may block (an SSH channel open), so ``Connector`` calls it in worker
 threads; their results reach the loop through its wake socket.
 """
@@ -223,8 +224,15 @@ class Loop:
     def _run(self) -> None:
         self._set(self._wake_r, _READ, ("wake", None))
         try:
-            while not self._tick(time.monotonic()):
-                for key, mask in self._sel.select(self._timeout(time.monotonic())):
+            while True:
+                ack_at = self._send_due_acks(time.monotonic())
+                if self._tick(time.monotonic()):
+                    break
+                now = time.monotonic()
+                wait = self._timeout(now)
+                if ack_at is not None:
+                    wait = max(0.0, min(wait, ack_at - now))
+                for key, mask in self._sel.select(wait):
                     kind, obj = key.data
                     try:
                         self._dispatch(kind, obj, mask)
@@ -328,6 +336,21 @@ class Loop:
             control.send(Ack(self._pings))
             self._next_ping = now + self.settings.keepalive
             self._flush(control)
+
+    def _send_due_acks(self, now: float) -> float | None:
+        """Send the ACKs that waited ACK_DELAY for DATA to ride with; return when the next
+        one is due (None: none is waiting)."""
+        first: float | None = None
+        for st in self._streams.values():
+            link, reader = st.link, st.stream.reader
+            if link is None or not st.attached or (at := reader.ack_at) is None:
+                continue
+            if reader.ack_wanted(now):
+                link.send(Ack(reader.take_count()))
+                self._flush(link)
+            elif first is None or at < first:
+                first = at
+        return first
 
     def _flush(self, link: Link) -> None:
         if not link.out:

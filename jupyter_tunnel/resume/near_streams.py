@@ -103,8 +103,9 @@ class Streams(Loop):
         st = link.owner
         if st is not None and st.link is link and st.attached:
             reader = st.stream.reader
-            # at an ACK's worth, and when the incoming side goes idle (the read drained it)
-            if reader.unacked and (reader.ack_due or len(data) < READ_SIZE):
+            # at an ACK's worth or the EOF; else it rides with our next DATA or EOF, or
+            # goes alone ACK_DELAY after the bytes came (``_send_due_acks``)
+            if reader.ack_due:
                 link.send(Ack(reader.take_count()))
             self._local_write(st)
         if link in self._links:
@@ -134,7 +135,7 @@ class Streams(Loop):
             else:
                 raise ProtocolError("the first frame must be WELCOME or REFUSE")
         elif isinstance(frame, (Data, Eof)):
-            st.to_local += st.stream.reader.receive(frame)
+            st.to_local += st.stream.reader.receive(frame, link.heard)
         elif isinstance(frame, Ack):
             st.stream.on_ack(frame.received)
             self._check_done(st)
@@ -226,7 +227,7 @@ class Streams(Loop):
             return
         st.local_eof = not data
         if st.attached and st.link is not None:  # else the replay sends them
-            for frame in frames:
+            for frame in [*st.stream.reader.riding_ack(), *frames]:  # one write, not two
                 st.link.send(frame)
             self._flush(st.link)
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .frames import MAX_PAYLOAD, Code, Data, Eof, Frame, ProtocolError, Reset
+from .frames import MAX_PAYLOAD, Ack, Code, Data, Eof, Frame, ProtocolError, Reset
 
 #: a reader asks for an ACK after this many bytes not yet acknowledged
 ACK_EVERY = 64 * 1024
+#: seconds an ACK may wait for outgoing DATA or EOF to ride with: an ACK written alone and
+#: then the answer's DATA are two small writes, and an SSH transport without TCP_NODELAY
+#: holds the second until the first's TCP acknowledgement (delayed ACK, ~40 ms)
+ACK_DELAY = 0.2
 
 
 class Overflow(Exception):
@@ -164,11 +168,13 @@ class BackedWriter:
 class BackedReader:
     """The receiving side of a stream: each byte delivered once, in order, then acknowledged."""
 
-    def __init__(self, ack_every: int = ACK_EVERY) -> None:
+    def __init__(self, ack_every: int = ACK_EVERY, ack_delay: float = ACK_DELAY) -> None:
         self.ack_every = ack_every
+        self.ack_delay = ack_delay
         self.received = 0  # positions received, the EOF's included
         self.eof = False
         self.acked = 0  # the count the peer was last told (ACK, HELLO or WELCOME)
+        self.since: float | None = None  # when the oldest position not acknowledged came
 
     @property
     def unacked(self) -> int:
@@ -179,13 +185,38 @@ class BackedReader:
     def ack_due(self) -> bool:
         """Send an ACK now: enough bytes await it, or the EOF does.
 
-        Callers should also send one when their incoming side goes idle with ``unacked``
-        bytes, so that the peer's buffer empties between bursts.
+        Otherwise the ACK rides in front of the next DATA or EOF sent (``riding_ack``), or
+        goes alone at ``ack_at``, so that the peer's buffer still empties between bursts.
         """
         return self.unacked >= self.ack_every or (self.eof and self.unacked > 0)
 
-    def receive(self, frame: Data | Eof) -> bytes:
-        """Take a DATA or EOF frame; return the new bytes to deliver (b"" for a duplicate)."""
+    @property
+    def ack_at(self) -> float | None:
+        """When an ACK must go even alone (``ack_delay`` after its oldest position came);
+        None when nothing awaits one."""
+        if not self.unacked or self.since is None:  # None: acknowledged since (HELLO)
+            return None
+        return self.since + self.ack_delay
+
+    def ack_wanted(self, now: float) -> bool:
+        """An ACK is to be sent now, alone if need be."""
+        at = self.ack_at
+        return at is not None and (self.ack_due or now >= at)
+
+    def riding_ack(self) -> list[Ack]:
+        """The ACK to put in front of DATA or EOF about to be sent (none if all is acked)."""
+        return [Ack(self.take_count())] if self.unacked else []
+
+    def receive(self, frame: Data | Eof, now: float = 0.0) -> bytes:
+        """Take a DATA or EOF frame arrived at ``now``; return the new bytes to deliver
+        (b"" for a duplicate)."""
+        before = self.received
+        new = self._receive(frame)
+        if self.received > before and not before - self.acked:
+            self.since = now  # the oldest position not acknowledged
+        return new
+
+    def _receive(self, frame: Data | Eof) -> bytes:
         if isinstance(frame, Eof):
             return self._receive_eof(frame.offset)
         end = frame.offset + len(frame.payload)
@@ -215,6 +246,7 @@ class BackedReader:
     def take_count(self) -> int:
         """The count to tell the peer (in an ACK, HELLO or WELCOME); it is then acknowledged."""
         self.acked = self.received
+        self.since = None
         return self.received
 
 
