@@ -4,8 +4,9 @@
 relayed (two threads) to a fresh connection to the helper's Unix socket.  ``cut`` severs
 every link at once (both sides see the end) and refuses new ones for a while: that is
 the outage.  ``stall`` freezes the links that exist without closing them (a half-dead
-SSH session), new ones work.  ``Rig`` puts a helper, a proxy, an engine, local clients
-and targets together; ``rigs`` is the body of the test module's fixture.
+SSH session), new ones work.  With ``record`` on, each new link keeps what each of its
+reads got.  ``Rig`` puts a helper, a proxy, an engine, local clients and targets
+together; ``rigs`` is the body of the test module's fixture.
 """
 
 from __future__ import annotations
@@ -33,17 +34,24 @@ MiB = 2**20
 class Pair:
     """One relayed link: ``near`` (ours, the socketpair's far end) and ``far`` (helper)."""
 
-    def __init__(self, near: socket.socket, far: socket.socket) -> None:
+    def __init__(self, near: socket.socket, far: socket.socket, record: bool = False) -> None:
         self.near, self.far = near, far
+        self.record = record
         self.dead = False
         self.stalled = False
+        #: if ``record``: (monotonic time, "up" to the helper or "down", bytes) of each
+        #: read, in order
+        self.reads: list[tuple[float, str, bytes]] = []
         self._left = 2
         self._lock = threading.Lock()
 
     def pump(self, src: socket.socket, dst: socket.socket) -> None:
+        way = "up" if src is self.near else "down"
         try:
             while True:
                 data = src.recv(65536)
+                if self.record:
+                    self.reads.append((time.monotonic(), way, data))
                 while self.stalled and not self.dead:  # not even an EOF goes through
                     time.sleep(0.02)
                 if self.dead or not data:
@@ -79,6 +87,7 @@ class Proxy:
         self.refuse_until = 0.0
         self.connects = 0
         self.refused = 0
+        self.record = False  # links made from now on keep what they carry (Pair.reads)
 
     def connect(self) -> socket.socket:
         with self.lock:
@@ -94,7 +103,7 @@ class Proxy:
             far.close()
             raise
         mine, theirs = socket.socketpair()
-        pair = Pair(theirs, far)
+        pair = Pair(theirs, far, self.record)
         threads = [threading.Thread(target=pair.pump, args=(theirs, far), daemon=True),
                    threading.Thread(target=pair.pump, args=(far, theirs), daemon=True)]
         with self.lock:

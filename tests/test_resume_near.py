@@ -35,8 +35,10 @@ from near_rig import (
 )
 from resume_rig import SECRET, bulk, echo, until_reset, wait_for
 
+from jupyter_tunnel.resume.frames import Ack, Data, Frame, FrameDecoder, Welcome
 from jupyter_tunnel.resume.near import NearEnd, NearSettings
 from jupyter_tunnel.resume.near_loop import HIGH_WATER, READ_SIZE
+from jupyter_tunnel.resume.replay import ACK_DELAY
 
 
 @pytest.fixture
@@ -145,6 +147,64 @@ def test_a_kernel_like_trickle_loses_no_line_in_a_one_second_outage(make_rig: An
     assert time.monotonic() - t0 >= 0.9  # the outage did happen while lines were coming
     assert any(s.streams_held == 1 and not s.link_up for _, s in rig.changes)
     client.close()
+
+
+def _frames_read(reads: list[tuple[float, str, bytes]], way: str
+                 ) -> list[tuple[float, list[Frame]]]:
+    """Each read of one direction of a recorded link: when, and the frames it completed."""
+    decoder = FrameDecoder()
+    return [(t, decoder.feed(data)) for t, w, data in reads if w == way and data]
+
+
+def _alone(frames: list[Frame]) -> bool:
+    """A read that carried WELCOME or ACK frames and no DATA or EOF for them to ride with."""
+    return bool(frames) and all(isinstance(f, Welcome | Ack) for f in frames)
+
+
+def test_acks_ride_with_data_and_go_alone_only_after_a_delay(make_rig: Any) -> None:
+    # An ACK (or WELCOME) written alone and the answer's DATA right after are two small
+    # writes: an SSH transport with Nagle on holds the second for ~40 ms (delayed ACK).
+    rig = make_rig()
+    rig.start()
+    rig.proxy.record = True  # the stream's link only: the control link is up already
+
+    def slow_answers(conn: socket.socket) -> str:
+        while data := conn.recv(65536):
+            if data != b"quiet":
+                time.sleep(0.05)  # time enough for an ACK of the request to go alone
+                conn.sendall(data.upper())
+        conn.shutdown(socket.SHUT_WR)
+        return "eof"
+
+    client = rig.client(rig.target(slow_answers))
+    client.settimeout(20)
+    for i in range(5):
+        client.sendall(b"request %d" % i)
+        assert client.recv(100) == b"REQUEST %d" % i
+    answered = time.monotonic()
+    (link,) = [p for p in rig.proxy.pairs if p.record]
+    wait_for(lambda: any(_alone(f) for _, f in _frames_read(link.reads, "up")),
+             timeout=ACK_DELAY + 5, what="the ACK of the last answer, alone")
+    down, up = _frames_read(link.reads, "down"), _frames_read(link.reads, "up")
+    assert not any(_alone(f) for _, f in down)  # WELCOME and ACKs came with the answers
+    assert isinstance(down[0][1][0], Welcome)
+    assert all(any(isinstance(f, Data) for f in frames) for _, frames in up[:5])
+    (t, frames), = [(t, f) for t, f in up if _alone(f)]  # the ACKs of the first 4 rode
+    assert frames == [Ack(sum(len(b"REQUEST %d" % i) for i in range(5)))]
+    assert ACK_DELAY / 2 <= t - answered <= ACK_DELAY + 2  # alone, but not late
+
+    # no answer to ride with: the helper's ACK goes alone, after the delay
+    sent = time.monotonic()
+    client.sendall(b"quiet")
+    wait_for(lambda: any(_alone(f) for _, f in _frames_read(link.reads, "down")),
+             timeout=ACK_DELAY + 5, what="the helper's ACK, alone")
+    (t, frames), = [(t, f) for t, f in _frames_read(link.reads, "down") if _alone(f)]
+    assert frames == [Ack(sum(len(b"request %d" % i) for i in range(5)) + 5)]
+    assert ACK_DELAY / 2 <= t - sent <= ACK_DELAY + 2
+    wait_for(lambda: rig.status().bytes_buffered == 0, what="the near end's buffer freed")
+    client.shutdown(socket.SHUT_WR)
+    assert read_to_end(client) == (b"", "eof")
+    rig.idle()
 
 
 def test_thirty_streams_adopted_at_once_survive_a_cut(make_rig: Any) -> None:

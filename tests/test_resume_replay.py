@@ -198,6 +198,27 @@ def test_ack_policy() -> None:
     assert not reader.ack_due
 
 
+def test_an_ack_waits_for_data_to_ride_with_until_its_delay() -> None:
+    reader = BackedReader(ack_every=10, ack_delay=0.2)
+    assert reader.ack_at is None and reader.riding_ack() == []
+    reader.receive(Data(0, b"abc"), now=5.0)
+    reader.receive(Data(3, b"de"), now=5.1)  # the oldest byte sets the time
+    assert reader.ack_at == pytest.approx(5.2)
+    assert not reader.ack_wanted(5.19) and reader.ack_wanted(5.2)
+    assert reader.riding_ack() == [Ack(5)]  # DATA is going out: the ACK goes with it
+    assert reader.ack_at is None and not reader.ack_wanted(99.0)
+    reader.receive(Data(0, b"abcde"), now=6.0)  # a replayed duplicate: nothing to ack
+    assert reader.ack_at is None
+    reader.receive(Data(5, b"f"), now=7.0)
+    assert reader.ack_at == pytest.approx(7.2)
+    reader.receive(Data(6, b"ghijklmnop"), now=7.01)
+    assert reader.ack_wanted(7.01)  # an ACK's worth: at once
+    assert reader.take_count() == 16
+    reader.receive(Eof(16), now=8.0)
+    assert reader.ack_wanted(8.0)  # the EOF: at once
+    assert reader.riding_ack() == [Ack(17)] and reader.ack_at is None
+
+
 # --- a stream ----------------------------------------------------------------------------
 
 
@@ -279,7 +300,8 @@ class Endpoint:
             self.pos += n
         if self.pos == len(self.source) and not writer.eof:
             frames.append(writer.write_eof())
-        return frames
+        # what was received is acknowledged in front of the DATA and EOF going out
+        return [*self.stream.reader.riding_ack(), *frames] if frames else []
 
     def consume(self, chunk: bytes) -> list[Frame]:
         """Bytes from the link; returns the ACK to send, if one is due."""
@@ -359,7 +381,7 @@ def exchange(seed: int, size_a: int, size_b: int) -> tuple[int, int]:
             deliver(to_helper, helper, to_laptop)
         elif action < 0.83 and to_laptop:
             deliver(to_laptop, laptop, to_helper)
-        elif action < 0.9:  # the incoming side went idle: acknowledge what came
+        elif action < 0.9:  # no DATA to ride with for ACK_DELAY: acknowledge alone
             send(to_laptop, helper.ack())
             send(to_helper, laptop.ack())
     else:
