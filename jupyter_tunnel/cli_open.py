@@ -96,7 +96,7 @@ jupyter tunnel open beast via unicorn --detach --json
                        "Forward only what --forward and --reverse ask for; look for no Jupyter."),
         "resume": ({"TunnelManager": {"resume": True}},
                    "Connections through the tunnel resume after an outage, nothing lost (a "
-                   "helper runs on the target). Off by default for now."),
+                   "helper runs on the target). The default."),
         "no-resume": ({"TunnelManager": {"resume": False}},
                       "Connections through the tunnel end with the SSH connection (a reset)."),
     }

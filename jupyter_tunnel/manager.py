@@ -93,12 +93,12 @@ class TunnelManager(LoggingConfigurable):
     ).tag(config=True)
 
     resume = Bool(
-        False,
+        True,
         help="Carry the Jupyter forward and --forward forwards as resumable connections: a small "
         "helper of ours on the target (run by the remote Jupyter's Python, ended with the "
         "tunnel) holds their far ends, so an outage is only a pause for them, nothing lost. "
-        "Off by default while it is being finished (issue 11); when the target has no usable "
-        "Python the tunnel says so once and forwards as before.",
+        "When the target has no usable Python the tunnel says so once and forwards as before; "
+        "off (--no-resume), a cut connection is reset.",
     ).tag(config=True)
 
     resume_outage = Float(

@@ -37,7 +37,7 @@ class Settings:
     #: how long a new connection waits for a lost SSH connection to come back
     hold_timeout: float = 20.0
     #: carry forwarded connections as resumable streams (a helper on the last hop)
-    resume: bool = False
+    resume: bool = True
     #: seconds a resumable connection is held through an outage before it is reset
     resume_outage: float = 900.0
     #: bytes held (sent, not yet acknowledged) per resumable connection, and per tunnel

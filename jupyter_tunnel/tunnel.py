@@ -143,8 +143,8 @@ class Tunnel:
 
     def to_dict(self) -> dict[str, Any]:
         """The tunnel's JSON form (the same for the CLI, REST and the registry)."""
+        stats = self._traffic()
         backend = self._backend
-        stats = backend.stats() if backend is not None else {}
         return {
             "name": self.name,
             "state": self.state.value,
@@ -172,11 +172,24 @@ class Tunnel:
             **stats,
         }
 
+    def _traffic(self) -> dict[str, int]:
+        """The backend's counters plus those of the resumable connections (which the
+        backend hands over, so it does not count them)."""
+        backend, resumer = self._backend, self._resumer
+        stats = dict(backend.stats()) if backend is not None else {}
+        if resumer is not None and stats:
+            status = resumer.status()
+            for key, value in (("bytes_in", status.bytes_in), ("bytes_out", status.bytes_out),
+                               ("connections", status.streams_open),
+                               ("connections_total", status.connections_total)):
+                stats[key] = stats.get(key, 0) + value
+        return stats
+
     def live_counters(self) -> dict[str, object]:
         """Traffic counters and what the resumable connections hold (the supervisor saves
         the record when they change)."""
-        backend, resumer = self._backend, self._resumer
-        counters: dict[str, object] = dict(backend.stats()) if backend is not None else {}
+        resumer = self._resumer
+        counters: dict[str, object] = dict(self._traffic())
         if resumer is not None:
             status = resumer.status()
             counters["resume"] = (status.streams_open, status.streams_held, status.link_up,

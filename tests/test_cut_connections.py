@@ -1,6 +1,9 @@
 """A connection through a tunnel either completes or is seen to fail: one cut by a lost
 SSH connection or by closing the tunnel is reset, never ended with a clean EOF (a cut
-download must not look complete), while one the far end finishes ends with its EOF."""
+download must not look complete), while one the far end finishes ends with its EOF.
+
+These are the plain forwards (``--no-resume``); resumable ones ride out the cut
+(test_resume_tunnel)."""
 
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def servers(net: Sandbox) -> Iterator[tuple[int, int]]:
 
 def _tunnel(net: Sandbox, backend: str, ports: tuple[int, int]) -> Tunnel:
     manager = TunnelManager(ssh_config=str(net.ssh_config), backend=backend,
-                            keepalive_interval=1, keepalive_count_max=2)
+                            keepalive_interval=1, keepalive_count_max=2, resume=False)
     return manager.open(build_spec("beast via unicorn", jupyter=False,
                                    forwards=[f"0:127.0.0.1:{p}" for p in ports]))
 

@@ -148,7 +148,9 @@ class SSHTunnelBackend:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise HopUnreachable(f"lost {hop.label}: {exc}", hop=hop.alias) from None
         ours, theirs = socket.socketpair()
-        threading.Thread(target=self.relay_connection, args=(theirs, chan, True, f"link to {path}"),
+        # not counted: the streams it carries are, at the near end (Tunnel.to_dict)
+        threading.Thread(target=self.relay_connection,
+                         args=(theirs, chan, True, f"link to {path}", False),
                          daemon=True, name="jupyter-tunnel-link").start()
         return ours
 
@@ -297,18 +299,21 @@ class SSHTunnelBackend:
                               f"reverse connection to {reverse.host}:{reverse.to_port}")
 
     # relaying -----------------------------------------------------------------
-    def relay_connection(self, sock: socket.socket, chan: Any, inbound: bool, what: str) -> None:
-        """Relay one connection (:func:`relay`), counted and tracked; close both ends."""
+    def relay_connection(self, sock: socket.socket, chan: Any, inbound: bool, what: str,
+                         counted: bool = True) -> None:
+        """Relay one connection (:func:`relay`), tracked and (``counted``) counted; close
+        both ends."""
         key = id(sock)
         with self._relays_cond:
             self._relays[key] = (sock, chan)
-        self.counters.opened()
+        counters = self.counters if counted else Counters()
+        counters.opened()
         try:
-            relay(sock, chan, self.counters, inbound=inbound)
+            relay(sock, chan, counters, inbound=inbound)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             log.debug("%s ended: %s", what, exc)
         finally:
-            self.counters.ended()
+            counters.ended()
             with contextlib.suppress(Exception):  # sending CLOSE on a dying connection
                 chan.close()
             with self._relays_cond:  # not while _end_relays shuts it down

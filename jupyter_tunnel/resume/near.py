@@ -62,6 +62,9 @@ class NearStatus:
     link_up: bool = False  # the control link is welcomed
     down_since: float | None = None  # when the link went down (None: up, or never tried)
     error: str = ""  # the helper's last refusal of the control link
+    bytes_in: int = 0  # written to the local connections, since the start
+    bytes_out: int = 0  # read from them
+    connections_total: int = 0  # local connections adopted
 
 
 class NearEnd(Streams):
@@ -234,7 +237,8 @@ class NearEnd(Streams):
         buffered = sum(st.stream.writer.buffered + len(st.to_local)
                        for st in self._streams.values())
         status = NearStatus(len(self._streams), held, buffered, up,
-                            None if up else self._down_since, self._error)
+                            None if up else self._down_since, self._error,
+                            self.bytes_in, self.bytes_out, self.adopted)
         with self._lock:
             self._status = status
         key = (status.streams_open, status.streams_held, up)
@@ -276,7 +280,9 @@ class NearEnd(Streams):
         self._connector.close(time.monotonic())  # a link that arrives later is closed
         self._close_loop()
         with self._lock:
-            self._status = NearStatus(down_since=self._status.down_since, error=self._error)
+            self._status = NearStatus(down_since=self._status.down_since, error=self._error,
+                                      bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+                                      connections_total=self.adopted)
 
 
     def _last_control(self, deadline: float) -> Link | None:

@@ -37,6 +37,11 @@ class Streams(Loop):
     _secret: bytes
     _error: str
     _next_id: int
+    #: traffic of the local connections (what the tunnel's counters show): bytes written to
+    #: them, bytes read from them, connections adopted
+    bytes_in = 0
+    bytes_out = 0
+    adopted = 0
 
     def _connected(self, key: object, result: socket.socket | OSError, now: float) -> None:
         if isinstance(result, OSError):
@@ -206,6 +211,7 @@ class Streams(Loop):
         set_linger(sock, True)  # until complete, any close is a reset (ours or the kernel's)
         stream = Stream(sid, self.settings.stream_limit, self._budget)
         self._streams[sid] = NearStream(stream, target, sock, now)
+        self.adopted += 1
 
     def _local_read(self, st: NearStream) -> None:
         assert st.local is not None
@@ -226,6 +232,7 @@ class Streams(Loop):
             self._reset(st, Code.OVERFLOW, str(exc))
             return
         st.local_eof = not data
+        self.bytes_out += len(data)
         if st.attached and st.link is not None:  # else the replay sends them
             for frame in [*st.stream.reader.riding_ack(), *frames]:  # one write, not two
                 st.link.send(frame)
@@ -241,6 +248,7 @@ class Streams(Loop):
                 self._reset(st, Code.PEER_RESET, f"local connection: {exc}")
                 return
             del st.to_local[:n]
+            self.bytes_in += n
         self._check_done(st)
 
     def _check_done(self, st: NearStream) -> None:
