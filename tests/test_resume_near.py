@@ -205,6 +205,8 @@ def test_acks_ride_with_data_and_go_alone_only_after_a_delay(make_rig: Any) -> N
     client.shutdown(socket.SHUT_WR)
     assert read_to_end(client) == (b"", "eof")
     rig.idle()
+    # the ACK of our EOF waited a moment for the target's EOF and went with it
+    assert len([f for _, f in _frames_read(link.reads, "down") if _alone(f)]) == 1
 
 
 def test_thirty_streams_adopted_at_once_survive_a_cut(make_rig: Any) -> None:

@@ -111,13 +111,19 @@ class Held:
 
     def ack_wanted(self, now: float) -> bool:
         """Send what is owed now, alone if need be: its time came, an ACK's worth of bytes
-        or the laptop's EOF reached the target (acknowledged at once)."""
+        waits, or the laptop's EOF reached a target that has ended its side too (nothing
+        will come to ride with: the last ACK is acknowledged at once).
+
+        The EOF of a target still open waits for the answer or the target's EOF, usually
+        a moment later: written alone, the ACK and then that EOF are two small writes,
+        and the second (with all that follows on the SSH connection, other streams'
+        included) would wait for the first's delayed TCP ACK."""
         at = self.ack_at
         if at is None:
             return False
         unacked = self.delivered - self.last_ack
         return now >= at or unacked >= self.stream.reader.ack_every \
-            or (self.target_shut and unacked > 0)
+            or (self.target_shut and self.target_eof and unacked > 0)
 
     @property
     def finished(self) -> bool:

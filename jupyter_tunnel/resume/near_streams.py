@@ -69,6 +69,13 @@ class Streams(Loop):
                 result.close()  # ended meanwhile
                 return
             sid, writer = st.stream.stream_id, st.stream.writer
+            if st.fresh and st.local is not None and not st.local_eof:
+                # what the client sent meanwhile goes in HELLO's write: HELLO alone, then
+                # the request, would be two small writes (see replay.ACK_DELAY)
+                self._local_read(st)
+                if self._streams.get(sid) is not st:  # reset by the read
+                    result.close()
+                    return
             if st.fresh:  # its bytes so far follow HELLO at once: the helper keeps them
                 link = Link(result, st, Mode.NEW)
                 link.send(Hello(VERSION, Mode.NEW, sid, 0, self._secret, st.target))
