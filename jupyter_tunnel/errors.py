@@ -51,6 +51,19 @@ class AuthError(TunnelError):
     """The server refused every key we offered."""
 
 
+class AnswerNeeded(AuthError):
+    """A hop asks a question (a one-time code, a password, a passphrase) and no one can be
+    asked here (no terminal, no front end waiting): say which hop and how to answer."""
+
+
+class AnswerTimeout(AuthError):
+    """A question was not answered within the answer timeout."""
+
+
+class AnswerRefused(AuthError):
+    """The hop refused the answer given (a wrong code or password)."""
+
+
 class HopUnreachable(TunnelError):
     """A hop's address cannot be resolved or connected to."""
 
@@ -112,6 +125,9 @@ _KINDS: dict[type[TunnelError], str] = {
     ConfigError: "config",
     HostKeyError: "host-key",
     AuthError: "auth",
+    AnswerNeeded: "auth",
+    AnswerTimeout: "auth",
+    AnswerRefused: "auth",
     HopUnreachable: "unreachable",
     HopTimeout: "timeout",
     ForwardingRefused: "forwarding-refused",

@@ -6,6 +6,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..login.questions import Ask
 from ..sshconfig import ResolvedHop
 
 #: called with the index of the hop being connected and the hop
@@ -26,9 +27,12 @@ class Backend(Protocol):
     """
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
-                timeout: float = 10.0, notice: NoticeCallback | None = None) -> None:
+                timeout: float = 10.0, notice: NoticeCallback | None = None,
+                ask: Ask | None = None) -> None:
         """Connect every hop in order (again, after a loss); raise a :class:`TunnelError`
-        naming the failing hop."""
+        naming the failing hop.  A hop that asks a question (a one-time code, a password,
+        a key's passphrase) is answered through ``ask``; without it such a login fails
+        with :class:`AnswerNeeded` naming the hop."""
 
     def disconnect(self) -> None:
         """Drop the SSH connection but keep every listener bound."""
