@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import procinfo
 from ..errors import ConfigError, HopTimeout, HopUnreachable, RemotePortRefused, TunnelError
+from ..login.questions import Ask
 from ..sshconfig import ResolvedHop
 from . import openssh_master as om
 from . import openssh_mux as mux
@@ -88,8 +89,12 @@ class OpenSSHBackend:
 
     # the SSH connection -------------------------------------------------------
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
-                timeout: float = 10.0, notice: NoticeCallback | None = None) -> None:
-        """Use the live master of this chain, or log in and start one."""
+                timeout: float = 10.0, notice: NoticeCallback | None = None,
+                ask: Ask | None = None) -> None:
+        """Use the live master of this chain (no new login: nothing is asked), or log in
+        and start one.  A hop's questions (a one-time code, a password, a key's
+        passphrase) go to ``ask`` (see :mod:`.openssh_ask`); without it, ssh asks nothing
+        and such a login fails with :class:`AnswerNeeded` naming the hop."""
         self.disconnect()
         try:
             files = MasterFiles(control_dir(), chain_key(chain))
@@ -97,7 +102,7 @@ class OpenSSHBackend:
             raise ConfigError(f"the OpenSSH backend cannot use its control folder: {exc}"
                               ) from None
         try:
-            self._connect(files, chain, progress, timeout, notice)
+            self._connect(files, chain, progress, timeout, notice, ask)
         except FileNotFoundError as exc:
             if exc.filename == om.SSH:
                 raise ConfigError(f"the OpenSSH backend cannot start ssh: {exc}") from None
@@ -107,7 +112,7 @@ class OpenSSHBackend:
 
     def _connect(self, files: MasterFiles, chain: list[ResolvedHop],
                  progress: ProgressCallback | None, timeout: float,
-                 notice: NoticeCallback | None) -> None:
+                 notice: NoticeCallback | None, ask: Ask | None) -> None:
         keepalive = {h.alias: (
             self.keepalive_interval if h.server_alive_interval is None
             else h.server_alive_interval,
@@ -115,7 +120,8 @@ class OpenSSHBackend:
             else h.server_alive_count_max) for h in chain}
         with files.locked(cancelled=lambda: self._closed):
             try:
-                master, anchor = self._attach(files, chain, keepalive, progress, timeout, notice)
+                master, anchor = self._attach(files, chain, keepalive, progress, timeout,
+                                              notice, ask)
             except BaseException:
                 # nothing of a master that did not come up stays (others' never go)
                 if not live_users(files.users) and not files.socket_alive():
@@ -134,7 +140,8 @@ class OpenSSHBackend:
 
     def _attach(self, files: MasterFiles, chain: list[ResolvedHop],
                 keepalive: dict[str, tuple[int, int]], progress: ProgressCallback | None,
-                timeout: float, notice: NoticeCallback | None) -> tuple[_Master, socket.socket]:
+                timeout: float, notice: NoticeCallback | None, ask: Ask | None = None
+                ) -> tuple[_Master, socket.socket]:
         """Holding the master's lock: use its live master, or log in and start one; take
         an anchor on it and register as its user."""
         target = chain[-1]
@@ -143,8 +150,8 @@ class OpenSSHBackend:
         if pid is None:
             files.socket_alive()  # removes a socket no master listens on
             files.write_config(chain, self.keepalive_interval, self.keepalive_count_max,
-                               timeout)
-            launch = om.Launch(files, chain)
+                               timeout, asking=ask is not None)
+            launch = om.Launch(files, chain, ask)
             with self._lock:
                 if self._closed:
                     raise HopUnreachable("the tunnel was closed")

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import (
+    AnswerNeeded,
     AuthError,
     ForwardingRefused,
     HopTimeout,
@@ -33,6 +34,11 @@ _UNKNOWN_KEY = re.compile(r"^No (\S+) host key is known for (\S+) and you have r
 _LOST = re.compile(r"^(?:Connection to (\S+) closed by remote host|"
                    r"Connection (?:closed|reset) by (\S+) port (\d+))")
 _TIMEOUT = re.compile(r"^Timeout, server (\S+) not responding")
+_PARTIAL = re.compile(r'^Authenticated using "([^"]+)" with partial success')
+_DENIED = re.compile(r"Permission denied \(([^)]*)\)")
+#: what a person answers for each method ssh may ask for, in messages
+_WANTS = {"keyboard-interactive": "a one-time code or another answer (keyboard-interactive)",
+          "password": "a password"}
 
 
 def find_hop(chain: list[ResolvedHop], host: str, port: int | None = None) -> ResolvedHop | None:
@@ -58,6 +64,8 @@ class LoginTrace:
     lines: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     forked: bool = False
+    #: the method the current hop accepted with partial success (it wants another)
+    partial: str | None = None
 
     def feed(self, line: str) -> int | None:
         """Take one line; return the index of a hop that starts to be connected now."""
@@ -66,12 +74,14 @@ class LoginTrace:
         text = line.removeprefix("debug1: ")
         if text.startswith(("Authenticated to ", "Authentication succeeded")):
             self.authenticated += 1
-            self.offered, self.host_key = [], None
+            self.offered, self.host_key, self.partial = [], None, None
             return self.authenticated if self.authenticated < len(self.chain) else None
         if text.startswith("forking to background"):
             self.forked = True
         elif match := _HOST_KEY.search(text):
             self.host_key = (match.group(1), match.group(2))
+        elif match := _PARTIAL.match(text):
+            self.partial = match.group(1)
         elif match := _OFFER.search(text):
             self.offered.append(match.group(1))
         elif match := _ADDED.search(text):
@@ -132,6 +142,8 @@ class LoginTrace:
             detail = next((ln for ln in said if "revoked" in ln.lower()), "refused by ssh")
             return HostKeyError(f"host key for {hop.label} ({keytype} {fp}) was not "
                                 f"accepted: {detail}", hop=hop.alias)
+        if (match := _DENIED.search(line)) and (needed := self._answer_needed(hop, match)):
+            return needed
         if "Permission denied (" in line or "Too many authentication failures" in line:
             tried = ", ".join(dict.fromkeys(self.offered)) or "no key was found"
             return AuthError(
@@ -143,6 +155,30 @@ class LoginTrace:
             return HopUnreachable(f"SSH handshake with {hop.label} failed: {line}. Is an SSH "
                                   f"server listening on port {hop.port}?", hop=hop.alias)
         return None
+
+    def _answer_needed(self, hop: ResolvedHop, match: re.Match[str]) -> AnswerNeeded | None:
+        """A denial after which the hop would have asked a question (a one-time code, a
+        password) that ssh was not let ask."""
+        methods = [m.strip() for m in match.group(1).split(",")]
+        wants = [_WANTS[m] for m in methods if m in _WANTS]
+        if not wants:
+            return None
+        what = " or ".join(wants)
+        how = ("open the tunnel where it can ask you (in a terminal, the JupyterLab panel "
+               "or a notebook)")
+        if self.partial is not None:
+            return AnswerNeeded(f"{hop.label} accepted the {self._method(self.partial)} of "
+                                f"{hop.user} but also wants {what}: {how}", hop=hop.alias)
+        if "publickey" in methods:
+            tried = ", ".join(dict.fromkeys(self.offered)) or "no key was found"
+            return AnswerNeeded(f"{hop.label} refused to log in {hop.user} with a key (tried "
+                                f"{tried}) and asks for {what} instead: {how}, or add a key "
+                                "it accepts", hop=hop.alias)
+        return AnswerNeeded(f"{hop.label} asks {hop.user} for {what}: {how}", hop=hop.alias)
+
+    @staticmethod
+    def _method(name: str) -> str:
+        return {"publickey": "key", "password": "password"}.get(name, f"{name} login")
 
     def _jump_failed(self, hop: ResolvedHop, what: str, why: str) -> TunnelError:
         index = self.chain.index(hop)

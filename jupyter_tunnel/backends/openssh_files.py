@@ -9,6 +9,9 @@ Per chain of hops (``KEY``, see :func:`chain_key`):
 - ``KEY.users/PID-START-TOKEN``: one file per tunnel using the master; the last to leave
   ends it (``-O exit``);
 - ``KEY.conf``: the ssh config it runs with;
+- ``KEY.ask`` and ``KEY.askpass``: while a login that can ask runs, the socket its
+  askpass programs reach this process by and the script ssh runs as ``SSH_ASKPASS`` (see
+  :mod:`.openssh_ask`);
 - ``KEY.log`` (and ``KEY.log.1``, its older tail): what the master and its jump helpers
   say.  ssh writes it itself, so no process's reading can ever hold a master up; any
   tunnel using the master reads its last words to say which hop was lost.
@@ -105,6 +108,8 @@ class MasterFiles:
         self.config = folder / f"{key}.conf"
         self.log = folder / f"{key}.log"
         self.old_log = folder / f"{key}.log.1"
+        self.ask_socket = folder / f"{key}.ask"
+        self.askpass = folder / f"{key}.askpass"
 
     @classmethod
     def of_users(cls, users: Path) -> MasterFiles:
@@ -167,12 +172,16 @@ class MasterFiles:
                 time.sleep(0.05)
 
     def write_config(self, chain: list[ResolvedHop], interval: int, count: int,
-                     timeout: float) -> None:
-        """The ssh config of the master and its jump helpers: host key checking and no
-        multiplexing of its own first, then the user's config (its values win, as ssh takes
-        the first value it reads), then our defaults (``BatchMode``, ``ConnectTimeout``,
+                     timeout: float, asking: bool = False) -> None:
+        """The ssh config of the master and its jump helpers: host key checking, no
+        multiplexing of its own, whether ssh may ask (``BatchMode``: ``no`` when
+        ``asking``, through our askpass program) and one try per question
+        (``NumberOfPasswordPrompts 1``, so a wrong answer never burns a server's or PAM's
+        counters twice) first, then the user's config (its values win for the rest, as ssh
+        takes the first value it reads), then our defaults (``ConnectTimeout``,
         ``ServerAlive*``).  ssh passes ``-F`` on to its ProxyJump helpers, so the jump
-        hosts get the same defaults."""
+        hosts get the same settings (``-o`` on the master's command line would not reach
+        them)."""
         lines = ["# written by jupyter_tunnel: host key checking and no multiplexing of its "
                  "own first, then your ssh config (its values win), then our defaults"]
         for hop in {h.alias: h for h in chain}.values():
@@ -184,7 +193,8 @@ class MasterFiles:
         # the jump helpers must not start (or use) masters of the user's own ControlPath;
         # forwards of the user's config (LocalForward, DynamicForward …) are not ours to open
         lines += ["Host *", "  ControlMaster no", "  ControlPath none",
-                  "  ClearAllForwardings yes"]
+                  "  ClearAllForwardings yes", f"  BatchMode {'no' if asking else 'yes'}",
+                  "  NumberOfPasswordPrompts 1"]
         config = chain[-1].config_file
         includes = [config] if config else [str(Path.home() / ".ssh" / "config"), SYSTEM_CONFIG]
         lines.append("Host *")
@@ -193,7 +203,7 @@ class MasterFiles:
                 raise ConfigError(f"the ssh config path {path!r} cannot be handed to ssh: "
                                   "rename it, or use backend 'sshtunnel'")
             lines.append(f'Include "{path}"')
-        lines += ["Host *", "  BatchMode yes", f"  ConnectTimeout {math.ceil(timeout)}",
+        lines += ["Host *", f"  ConnectTimeout {math.ceil(timeout)}",
                   f"  ServerAliveInterval {interval}", f"  ServerAliveCountMax {count}", ""]
         _write_private(self.config, "\n".join(lines))
 
@@ -267,7 +277,7 @@ class MasterFiles:
         """Remove the files of a master that ended and that no tunnel uses, the lock file
         and, when no other master's files are left in it, the folder.  Call it holding the
         lock."""
-        for path in (self.config, self.log, self.old_log,
+        for path in (self.config, self.log, self.old_log, self.ask_socket, self.askpass,
                      *self.folder.glob(f"{self.socket.name}.link-*")):  # streamlocal forwards
             with contextlib.suppress(OSError):
                 path.unlink()

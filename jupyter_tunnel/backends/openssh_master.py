@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import procinfo
-from ..errors import HopTimeout, HopUnreachable, TunnelError
+from ..errors import AnswerRefused, AuthError, HopTimeout, HopUnreachable, TunnelError
+from ..login.askserver import AskServer
+from ..login.questions import Ask
 from ..spec import check_host, check_user
 from ..sshconfig import ResolvedHop
+from . import openssh_ask
 from .base import NoticeCallback, ProgressCallback
 from .openssh_errors import LoginTrace
 from .openssh_files import MasterFiles, live_users
@@ -152,17 +155,65 @@ class LoginLog:
 
 
 class Launch:
-    """One run of ``ssh -M``: log in through the chain, then leave a master behind."""
+    """One run of ``ssh -M``: log in through the chain, then leave a master behind.
 
-    def __init__(self, files: MasterFiles, chain: list[ResolvedHop]) -> None:
-        self.files, self.chain = files, chain
+    With ``ask``, ssh and its jump helpers may ask questions (a one-time code, a password,
+    a key's passphrase) through our askpass program (see :mod:`.openssh_ask`); the config
+    must have been written with ``asking=True`` for the jump helpers to.
+    """
+
+    def __init__(self, files: MasterFiles, chain: list[ResolvedHop], ask: Ask | None = None
+                 ) -> None:
+        self.files, self.chain, self.ask = files, chain, ask
         self.marker = os.urandom(8).hex()
         self.argv = [SSH, "-F", str(files.config), "-v", "-N", "-M", "-S", str(files.socket),
                      "-o", f"ControlPersist={PERSIST}", "-o", "ExitOnForwardFailure=yes",
-                     "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes",
+                     "-o", "ClearAllForwardings=yes",
+                     "-o", f"BatchMode={'no' if ask is not None else 'yes'}",
                      *destination(chain)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: LoginLog | None = None
+        self.asking: AskServer | None = None
+
+    def _start_asking(self, trace: LoginTrace) -> dict[str, str]:
+        """Serve the askpass programs of this login; their part of ssh's environment."""
+        assert self.ask is not None
+        files = self.files
+        questions = openssh_ask.LoginQuestions(self.chain, trace.failing)
+        openssh_ask.write_script(files.askpass)
+        self.asking = AskServer(files.ask_socket, self.ask, questions.question,
+                                on_error=lambda _exc: self.kill())
+        return openssh_ask.env(files.askpass, files.ask_socket)
+
+    def _stop_asking(self) -> None:
+        asking, self.asking = self.asking, None
+        if asking is not None:
+            asking.close()
+        if self.ask is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.files.askpass.unlink()
+
+    def _failure(self, error: TunnelError, asking: AskServer | None) -> TunnelError:
+        """The error of a failed login, knowing what was asked: the ask's own error (no
+        answer, no one to ask), or a refused answer."""
+        if asking is None:
+            return error
+        if asking.error is not None:
+            return asking.error
+        if isinstance(error, AuthError) and asking.answered:
+            hop = next((h for h in self.chain if h.alias == error.hop), None)
+            asked = [q for q in asking.answered if hop is None or q.hop == hop.alias]
+            if asked:
+                q = asked[-1]
+                if q.kind == "passphrase":
+                    return AnswerRefused(
+                        f"{q.label} refused to log in after the passphrase was given "
+                        f"({q.text.strip()}): the passphrase was wrong, or {q.label} does "
+                        "not accept that key", hop=q.hop)
+                return AnswerRefused(f"{q.label} refused the answer given to "
+                                     f"'{q.text.strip()}' (a wrong {_what(q.kind)}?): "
+                                     "try again with a new one", hop=q.hop)
+        return error
 
     def run(self, progress: ProgressCallback | None, timeout: float,
             notice: NoticeCallback | None) -> None:
@@ -174,23 +225,39 @@ class Launch:
         try:
             self.log = log = LoginLog(str(self.files.log), start, LoginTrace(chain))
             try:
+                env = ssh_env(self.marker)
+                if self.ask is not None:
+                    env.update(self._start_asking(log.trace))
                 self.proc = proc = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=stderr, env=ssh_env(self.marker), start_new_session=True)
+                    stderr=stderr, env=env, start_new_session=True)
             except BaseException:
                 log.finish()
+                self._stop_asking()
                 raise
         finally:
             os.close(stderr)
+        try:
+            self._run(proc, log, progress, timeout, notice)
+        finally:
+            self._stop_asking()
+
+    def _run(self, proc: subprocess.Popen[bytes], log: LoginLog,
+             progress: ProgressCallback | None, timeout: float,
+             notice: NoticeCallback | None) -> None:
+        chain, asking = self.chain, self.asking
         threading.Thread(target=lambda: log.events.put(("exit", proc.wait())), daemon=True,
                          name="jupyter_tunnel-ssh-wait").start()
         per_hop = [2 * (h.connect_timeout or timeout) + 5 for h in chain]
         deadline = time.monotonic() + sum(per_hop)
         try:
             status = self._wait(log, deadline, progress)
-        except BaseException:
+        except BaseException as exc:
             self.kill()
             log.finish()
+            if asking is not None and asking.error is not None and \
+                    isinstance(exc, TunnelError):
+                raise asking.error from None
             raise
         if status == 0:
             log.forked.wait(2)  # what it said before it went to the background
@@ -202,18 +269,23 @@ class Launch:
         self.kill()  # its jump helpers too: nothing more is written
         log.finish()
         log.done.wait(2)
-        raise log.trace.error(status, timeout)
+        raise self._failure(log.trace.error(status, timeout), asking)
 
     def _wait(self, log: LoginLog, deadline: float, progress: ProgressCallback | None
               ) -> int:
+        asking = self.asking
         while True:
-            left = deadline - time.monotonic()
+            # the time a person takes to answer does not count (the ask has its own limit)
+            waited = asking.waited() if asking is not None else 0.0
+            left = deadline + waited - time.monotonic()
+            if asking is not None and asking.busy():
+                left = max(left, 0.5)
             if left <= 0:
                 hop = log.trace.failing()
                 raise HopTimeout(f"ssh did not finish logging in to {hop.label} in time",
                                  hop=hop.alias)
             try:
-                kind, value = log.events.get(timeout=left)
+                kind, value = log.events.get(timeout=min(left, 0.5) if asking else left)
             except queue.Empty:
                 continue
             if kind == "exit":
@@ -238,6 +310,10 @@ class Launch:
         pids = [master_pid] + [p for p in processes_with(self.marker) if p != master_pid]
         found = [procinfo.identity(pid) for pid in pids]
         return [item for item in found if item is not None]
+
+
+def _what(kind: str) -> str:
+    return {"password": "password", "passphrase": "passphrase"}.get(kind, "code or answer")
 
 
 def end(files: MasterFiles, alias: str, children: list[dict[str, Any]],
