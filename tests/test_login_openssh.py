@@ -19,7 +19,8 @@ from test_faults import assert_left_nothing, processes_of
 from jupyter_tunnel.backends import openssh_files as of
 from jupyter_tunnel.backends.openssh_ask import LoginQuestions, write_script
 from jupyter_tunnel.backends.openssh_backend import OpenSSHBackend
-from jupyter_tunnel.errors import AnswerRefused, AnswerTimeout, AuthError
+from jupyter_tunnel.backends.openssh_errors import key_is_locked
+from jupyter_tunnel.errors import AnswerNeeded, AnswerRefused, AnswerTimeout
 from jupyter_tunnel.login import askpass
 from jupyter_tunnel.login.askserver import AskServer, Request
 from jupyter_tunnel.login.questions import Question
@@ -125,6 +126,18 @@ def test_the_server_names_the_hop_by_the_asking_ssh(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_locked_keys_are_told_from_open_ones(tmp_path: Path) -> None:
+    if shutil.which("ssh-keygen") is None:
+        need("ssh-keygen (apt-get install -y openssh-client)")
+    for name, phrase in (("open", ""), ("locked", PASSPHRASE)):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", phrase, "-f",
+                        str(tmp_path / name)], check=True, capture_output=True)
+    assert key_is_locked(str(tmp_path / "locked"))
+    assert not key_is_locked(str(tmp_path / "open"))
+    assert not key_is_locked(str(tmp_path / "missing"))
+    assert not key_is_locked(str(tmp_path / "open.pub"))
 
 
 # against real sshd -------------------------------------------------------------------
@@ -257,9 +270,11 @@ def test_without_ask_a_locked_key_fails_without_asking(
         net: Sandbox, runtime_dir: Path, locked_key_config: Path, ssh_client: None) -> None:
     backend = OpenSSHBackend()
     try:
-        with pytest.raises(AuthError) as caught:
+        with pytest.raises(AnswerNeeded) as caught:
             backend.connect(_chain(locked_key_config), timeout=10)
         assert caught.value.hop == "unicorn"
+        assert isinstance(caught.value, AnswerNeeded)
+        assert "id_locked needs its passphrase" in str(caught.value)
     finally:
         backend.close()
     assert_left_nothing(runtime_dir)

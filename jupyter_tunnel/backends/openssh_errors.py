@@ -8,6 +8,8 @@ messages say the same as the in-process backend's, where ssh tells enough to.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 
@@ -39,6 +41,29 @@ _DENIED = re.compile(r"Permission denied \(([^)]*)\)")
 #: what a person answers for each method ssh may ask for, in messages
 _WANTS = {"keyboard-interactive": "a one-time code or another answer (keyboard-interactive)",
           "password": "a password"}
+
+
+def key_is_locked(path: str) -> bool:
+    """Whether the private key file at ``path`` is encrypted (needs a passphrase)."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(65536).decode(errors="replace")
+    except OSError:
+        return False
+    if "BEGIN ENCRYPTED PRIVATE KEY" in text or "Proc-Type: 4,ENCRYPTED" in text:
+        return True
+    match = re.search(r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END", text, re.DOTALL)
+    if not match:
+        return False
+    try:
+        data = base64.b64decode("".join(match.group(1).split()))
+    except (binascii.Error, ValueError):
+        return False
+    magic = b"openssh-key-v1\0"
+    if not data.startswith(magic) or len(data) < len(magic) + 4:
+        return False
+    size = int.from_bytes(data[len(magic):len(magic) + 4], "big")
+    return data[len(magic) + 4:len(magic) + 4 + size] != b"none"
 
 
 def find_hop(chain: list[ResolvedHop], host: str, port: int | None = None) -> ResolvedHop | None:
@@ -146,6 +171,13 @@ class LoginTrace:
             return needed
         if "Permission denied (" in line or "Too many authentication failures" in line:
             tried = ", ".join(dict.fromkeys(self.offered)) or "no key was found"
+            locked = [key for key in dict.fromkeys(self.offered) if key_is_locked(key)]
+            if locked:
+                return AnswerNeeded(
+                    f"{hop.label} refused to log in {hop.user}: the key {locked[0]} needs its "
+                    "passphrase, and no agent holds the key. Open the tunnel where it can ask "
+                    "you (in a terminal, the JupyterLab panel or a notebook), or add the key "
+                    "to ssh-agent (ssh-add)", hop=hop.alias)
             return AuthError(
                 f"{hop.label} refused to log in {hop.user}: tried {tried}. Check User and "
                 "IdentityFile for this host in your ssh config, or add the key to ssh-agent",
