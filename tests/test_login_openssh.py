@@ -16,6 +16,7 @@ import pytest
 from conftest import need
 from test_faults import assert_left_nothing, processes_of
 
+from jupyter_tunnel.backends import openssh_ask
 from jupyter_tunnel.backends import openssh_files as of
 from jupyter_tunnel.backends.openssh_ask import LoginQuestions, write_script
 from jupyter_tunnel.backends.openssh_backend import OpenSSHBackend
@@ -184,9 +185,21 @@ def _assert_secret_nowhere(secret: str, pids: list[int], files: list[Path]) -> N
 
 @pytest.mark.network
 def test_passphrase_of_each_hop_is_asked_through_askpass(
-        net: Sandbox, runtime_dir: Path, locked_key_config: Path, ssh_client: None) -> None:
+        net: Sandbox, runtime_dir: Path, locked_key_config: Path, ssh_client: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     chain = _chain(locked_key_config)
     asked: list[Question] = []
+    # the hop is told by the ssh that asks (its prompt names no host): record what the
+    # askpass program's parent said
+    by_process: list[str | None] = []
+    real = openssh_ask.hop_of_process
+
+    def recording(chain: list[ResolvedHop], pid: int | None) -> ResolvedHop | None:
+        hop = real(chain, pid)
+        by_process.append(hop.alias if hop else None)
+        return hop
+
+    monkeypatch.setattr(openssh_ask, "hop_of_process", recording)
     seen: dict[str, object] = {}
 
     def ask(question: Question) -> str:
@@ -202,6 +215,7 @@ def test_passphrase_of_each_hop_is_asked_through_askpass(
         backend.connect(chain, ask=ask, timeout=10)
         assert [(q.hop, q.kind, q.echo) for q in asked] == [
             ("unicorn", "passphrase", False), ("beast", "passphrase", False)]
+        assert by_process == ["unicorn", "beast"]  # the jump helper, then the master
         assert asked[0].label.startswith("unicorn (") and "id_locked" in asked[0].text
         assert seen == {"modes": {"ask": 0o600, "askpass": 0o700}, "folder": 0o700}
         code, out, _ = backend.run("echo logged-in")
