@@ -4,12 +4,15 @@ a wrong answer is refused cleanly; no answer lands in a log, argv or environment
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -289,6 +292,107 @@ def test_without_ask_a_locked_key_fails_without_asking(
         assert caught.value.hop == "unicorn"
         assert isinstance(caught.value, AnswerNeeded)
         assert "id_locked needs its passphrase" in str(caught.value)
+    finally:
+        backend.close()
+    assert_left_nothing(runtime_dir)
+
+
+# a jump host that wants a one-time code after the key (the sandbox's TOTP option) -----
+@pytest.fixture(scope="module")
+def totp_net() -> Iterator[Sandbox]:
+    """The sandbox with unicorn asking for a TOTP code after the key (pam_oath)."""
+    if "totp" not in inspect.signature(Sandbox).parameters:
+        pytest.skip("the sandbox has no TOTP jump host option yet (Sandbox(totp=True))")
+    sandbox = Sandbox(prefix=f"jto{os.getpid() % 10000}", totp=True)  # type: ignore[call-arg]
+    sandbox.start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+def _http_status(port: int, token: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status",
+                                     headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=20) as reply:
+        return int(reply.status)
+
+
+@pytest.mark.network
+def test_totp_code_is_asked_naming_the_jump_host(
+        totp_net: Sandbox, runtime_dir: Path, ssh_client: None) -> None:
+    net = totp_net
+    assert net.jupyter is not None
+    chain = _chain(net.ssh_config)
+    asked: list[Question] = []
+    codes: list[str] = []
+
+    def ask(question: Question) -> str:
+        asked.append(question)
+        codes.append(net.next_code())  # type: ignore[attr-defined]
+        return codes[-1]
+
+    backend = OpenSSHBackend()
+    try:
+        backend.connect(chain, ask=ask, timeout=10)
+        assert [(q.hop, q.kind, q.echo) for q in asked] == [
+            ("unicorn", "keyboard-interactive", False)]
+        assert "One-time password" in asked[0].text
+        assert asked[0].display.startswith(f"{chain[0].label} asks: One-time password")
+        port = backend.forward_local(0, "127.0.0.1", net.jupyter.port)
+        assert _http_status(port, net.jupyter.token) == 200
+        folder = of.control_dir()
+        _assert_secret_nowhere(codes[0], _ssh_processes(runtime_dir),
+                               list(folder.glob("*.log*")))
+        # a second tunnel to the same hosts: the master is shared, nothing is asked
+        again = OpenSSHBackend()
+        try:
+            again.connect(chain, ask=ask, timeout=10)
+            assert len(asked) == 1
+            assert again.run("echo again")[1].strip() == "again"
+        finally:
+            again.close()
+    finally:
+        backend.close()
+    assert_left_nothing(runtime_dir, port)
+    assert not of.control_dir(create=False).exists()
+    for host in ("unicorn", "beast"):  # and not in the servers' logs either
+        log = net.dir / host / "sshd.log"
+        assert not log.exists() or codes[0] not in log.read_text(errors="replace")
+
+
+@pytest.mark.network
+def test_a_wrong_code_is_refused_naming_the_jump_host(
+        totp_net: Sandbox, runtime_dir: Path, ssh_client: None) -> None:
+    asked: list[Question] = []
+
+    def ask(question: Question) -> str:
+        asked.append(question)
+        return "000000" if totp_net.next_code() != "000000" else "111111"  # type: ignore[attr-defined]
+
+    backend = OpenSSHBackend()
+    try:
+        with pytest.raises(AnswerRefused) as caught:
+            backend.connect(_chain(totp_net.ssh_config), ask=ask, timeout=10)
+        assert caught.value.hop == "unicorn"
+        assert "unicorn (" in str(caught.value) and "refused the answer" in str(caught.value)
+        assert len(asked) == 1  # one try: the PAM counters count every one
+    finally:
+        backend.close()
+    assert_left_nothing(runtime_dir)
+    assert not of.control_dir(create=False).exists()
+
+
+@pytest.mark.network
+def test_without_ask_a_code_is_answer_needed_naming_the_jump_host(
+        totp_net: Sandbox, runtime_dir: Path, ssh_client: None) -> None:
+    backend = OpenSSHBackend()
+    try:
+        with pytest.raises(AnswerNeeded) as caught:
+            backend.connect(_chain(totp_net.ssh_config), timeout=10)
+        assert caught.value.hop == "unicorn"
+        assert "accepted the key" in str(caught.value)
+        assert "one-time code" in str(caught.value)
     finally:
         backend.close()
     assert_left_nothing(runtime_dir)
