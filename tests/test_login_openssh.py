@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import need
@@ -24,14 +25,15 @@ from jupyter_tunnel.backends import openssh_files as of
 from jupyter_tunnel.backends.openssh_ask import LoginQuestions, write_script
 from jupyter_tunnel.backends.openssh_backend import OpenSSHBackend
 from jupyter_tunnel.backends.openssh_errors import key_is_locked
-from jupyter_tunnel.errors import AnswerNeeded, AnswerRefused, AnswerTimeout
+from jupyter_tunnel.errors import AnswerNeeded, AnswerRefused, AnswerTimeout, TunnelError
 from jupyter_tunnel.login import askpass
 from jupyter_tunnel.login.askserver import AskServer, Request
-from jupyter_tunnel.login.questions import Question
+from jupyter_tunnel.login.questions import Ask, Question
 from jupyter_tunnel.sandbox import Sandbox
 from jupyter_tunnel.spec import Hop
 from jupyter_tunnel.sshconfig import ResolvedHop, SSHConfig, resolve_chain
 
+E = TypeVar("E", bound=TunnelError)
 PASSPHRASE = "correct horse 7 battery"  # a test key's
 
 
@@ -170,6 +172,34 @@ def _chain(config: Path) -> list[ResolvedHop]:
     return resolve_chain(Hop("beast"), (Hop("unicorn"),), SSHConfig(config))
 
 
+def _fails(chain: list[ResolvedHop], runtime_dir: Path, error: type[E],
+           ask: Ask | None = None) -> E:
+    """Connect, expecting ``error``; then nothing may be left: no ssh process, registry
+    entry, socket or file of ours."""
+    backend = OpenSSHBackend()
+    try:
+        with pytest.raises(error) as caught:
+            backend.connect(chain, ask=ask, timeout=10)
+    finally:
+        backend.close()
+    assert_left_nothing(runtime_dir)
+    assert not of.control_dir(create=False).exists()
+    return caught.value
+
+
+def _second_tunnel_asks_nothing(chain: list[ResolvedHop], ask: Ask, asked: list[Question]
+                                ) -> None:
+    """Another tunnel to the same hosts uses the live master: no login, nothing asked."""
+    before = len(asked)
+    again = OpenSSHBackend()
+    try:
+        again.connect(chain, ask=ask, timeout=10)
+        assert len(asked) == before
+        assert again.run("echo again")[1].strip() == "again"
+    finally:
+        again.close()
+
+
 def _ssh_processes(runtime_dir: Path) -> list[int]:
     return [pid for pid in processes_of(runtime_dir)
             if Path(f"/proc/{pid}/comm").read_text().strip() == "ssh"]
@@ -230,13 +260,7 @@ def test_passphrase_of_each_hop_is_asked_through_askpass(
         assert pids  # the master and the jump helper
         _assert_secret_nowhere(PASSPHRASE, pids, list(folder.glob("*.log*")))
         # a second tunnel to the same hosts uses the master: nothing is asked
-        again = OpenSSHBackend()
-        try:
-            again.connect(chain, ask=ask, timeout=10)
-            assert len(asked) == 2
-            assert again.run("echo again")[1].strip() == "again"
-        finally:
-            again.close()
+        _second_tunnel_asks_nothing(chain, ask, asked)
     finally:
         backend.close()
     assert_left_nothing(runtime_dir)
@@ -252,17 +276,10 @@ def test_a_wrong_passphrase_is_refused_naming_the_hop(
         asked.append(question)
         return "not the passphrase"
 
-    backend = OpenSSHBackend()
-    try:
-        with pytest.raises(AnswerRefused) as caught:
-            backend.connect(_chain(locked_key_config), ask=ask, timeout=10)
-        assert caught.value.hop == "unicorn"
-        assert "passphrase" in str(caught.value) and "unicorn (" in str(caught.value)
-        assert [q.hop for q in asked] == ["unicorn"]  # asked once: NumberOfPasswordPrompts
-    finally:
-        backend.close()
-    assert_left_nothing(runtime_dir)
-    assert not of.control_dir(create=False).exists()
+    error = _fails(_chain(locked_key_config), runtime_dir, AnswerRefused, ask)
+    assert error.hop == "unicorn"
+    assert "passphrase" in str(error) and "unicorn (" in str(error)
+    assert [q.hop for q in asked] == ["unicorn"]  # asked once: NumberOfPasswordPrompts
 
 
 @pytest.mark.network
@@ -271,30 +288,16 @@ def test_an_unanswered_question_ends_the_login_with_the_asks_error(
     def ask(question: Question) -> str:
         raise AnswerTimeout(f"{question.label} asked and no answer came", hop=question.hop)
 
-    backend = OpenSSHBackend()
-    try:
-        with pytest.raises(AnswerTimeout) as caught:
-            backend.connect(_chain(locked_key_config), ask=ask, timeout=10)
-        assert caught.value.hop == "unicorn"
-    finally:
-        backend.close()
-    assert_left_nothing(runtime_dir)
-    assert not of.control_dir(create=False).exists()
+    error = _fails(_chain(locked_key_config), runtime_dir, AnswerTimeout, ask)
+    assert error.hop == "unicorn"
 
 
 @pytest.mark.network
 def test_without_ask_a_locked_key_fails_without_asking(
         net: Sandbox, runtime_dir: Path, locked_key_config: Path, ssh_client: None) -> None:
-    backend = OpenSSHBackend()
-    try:
-        with pytest.raises(AnswerNeeded) as caught:
-            backend.connect(_chain(locked_key_config), timeout=10)
-        assert caught.value.hop == "unicorn"
-        assert isinstance(caught.value, AnswerNeeded)
-        assert "id_locked needs its passphrase" in str(caught.value)
-    finally:
-        backend.close()
-    assert_left_nothing(runtime_dir)
+    error = _fails(_chain(locked_key_config), runtime_dir, AnswerNeeded)
+    assert error.hop == "unicorn"
+    assert "id_locked needs its passphrase" in str(error)
 
 
 # a jump host that wants a one-time code after the key (the sandbox's TOTP option) -----
@@ -345,13 +348,7 @@ def test_totp_code_is_asked_naming_the_jump_host(
         _assert_secret_nowhere(codes[0], _ssh_processes(runtime_dir),
                                list(folder.glob("*.log*")))
         # a second tunnel to the same hosts: the master is shared, nothing is asked
-        again = OpenSSHBackend()
-        try:
-            again.connect(chain, ask=ask, timeout=10)
-            assert len(asked) == 1
-            assert again.run("echo again")[1].strip() == "again"
-        finally:
-            again.close()
+        _second_tunnel_asks_nothing(chain, ask, asked)
     finally:
         backend.close()
     assert_left_nothing(runtime_dir, port)
@@ -370,29 +367,16 @@ def test_a_wrong_code_is_refused_naming_the_jump_host(
         asked.append(question)
         return "000000" if totp_net.next_code() != "000000" else "111111"  # type: ignore[attr-defined]
 
-    backend = OpenSSHBackend()
-    try:
-        with pytest.raises(AnswerRefused) as caught:
-            backend.connect(_chain(totp_net.ssh_config), ask=ask, timeout=10)
-        assert caught.value.hop == "unicorn"
-        assert "unicorn (" in str(caught.value) and "refused the answer" in str(caught.value)
-        assert len(asked) == 1  # one try: the PAM counters count every one
-    finally:
-        backend.close()
-    assert_left_nothing(runtime_dir)
-    assert not of.control_dir(create=False).exists()
+    error = _fails(_chain(totp_net.ssh_config), runtime_dir, AnswerRefused, ask)
+    assert error.hop == "unicorn"
+    assert "unicorn (" in str(error) and "refused the answer" in str(error)
+    assert len(asked) == 1  # one try: the PAM counters count every one
 
 
 @pytest.mark.network
 def test_without_ask_a_code_is_answer_needed_naming_the_jump_host(
         totp_net: Sandbox, runtime_dir: Path, ssh_client: None) -> None:
-    backend = OpenSSHBackend()
-    try:
-        with pytest.raises(AnswerNeeded) as caught:
-            backend.connect(_chain(totp_net.ssh_config), timeout=10)
-        assert caught.value.hop == "unicorn"
-        assert "accepted the key" in str(caught.value)
-        assert "one-time code" in str(caught.value)
-    finally:
-        backend.close()
-    assert_left_nothing(runtime_dir)
+    error = _fails(_chain(totp_net.ssh_config), runtime_dir, AnswerNeeded)
+    assert error.hop == "unicorn"
+    assert "accepted the key" in str(error)
+    assert "one-time code" in str(error)
