@@ -27,6 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .sandbox_login import (
+    AHEAD,
+    STEP,
+    Made,
+    check_totp_tools,
+    new_secret,
+    password_sshd_lines,
+    totp_sshd_lines,
+)
+from .sandbox_login import totp_code as _totp_code
 from .sandbox_procs import (
     _FREE_PORT,
     _WAIT_JUPYTER,
@@ -58,6 +68,8 @@ class SandboxHost:
     netns: str | None
     host_key: Path
     sshd_config: Path
+    #: the program started: sshd, or a link to it whose name picks its PAM service
+    program: str = SSHD
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
 
@@ -84,7 +96,15 @@ class Sandbox:
         prefix: str | None = None,
         jupyter: bool = True,
         log: Callable[[str], None] | None = None,
+        totp: bool = False,
+        password: bool = False,
+        key_passphrase: str | None = None,
     ) -> None:
+        """``totp``: unicorn wants the key AND a TOTP code (PAM, pam_oath; root only; codes
+        from :meth:`next_code`).  ``password``: a user :attr:`password_user` logs in to
+        unicorn with :attr:`password` only (ssh config alias ``unicorn-pw``; root only).
+        ``key_passphrase``: the sandbox key also as :attr:`locked_key`, encrypted with it
+        (alias ``unicorn-locked``)."""
         self.prefix = prefix or "jt" + secrets.token_hex(2)
         if not re.fullmatch(r"[a-z][a-z0-9]{0,11}", self.prefix):
             raise SandboxError(f"prefix {self.prefix!r}: use 1-12 lowercase letters/digits")
@@ -104,6 +124,16 @@ class Sandbox:
         self._started = False
         self._owner = os.getpid()  # atexit in a forked child must not tear the sandbox down
         self.subnet_a = self.subnet_b = ""  # netns mode: root<->unicorn, unicorn<->beast
+        if totp and password:
+            raise SandboxError("choose totp or password: one PAM-less password host, one "
+                               "TOTP host (unicorn is either)")
+        self.totp = totp
+        self.totp_secret = new_secret() if totp else ""
+        self._last_step = 0  # the last TOTP step handed out by next_code()
+        self.password_user = f"{self.prefix}pw" if password else ""
+        self.password = secrets.token_hex(8) if password else ""
+        self.key_passphrase = key_passphrase
+        self._made = Made()  # outside the folder: link, PAM file, user
 
     # paths -----------------------------------------------------------------
     @property
@@ -117,6 +147,34 @@ class Sandbox:
     @property
     def key(self) -> Path:
         return self.dir / "id_ed25519"
+
+    @property
+    def locked_key(self) -> Path:
+        """The sandbox key encrypted with ``key_passphrase`` (when given)."""
+        return self.dir / "id_locked"
+
+    @property
+    def totp_usersfile(self) -> Path:
+        return self.dir / "unicorn" / "oath-users"
+
+    def totp_code(self, step_offset: int = 0) -> str:
+        """The TOTP code of unicorn's user for the current time step (plus step_offset)."""
+        if not self.totp:
+            raise SandboxError("this sandbox has no TOTP jump host (Sandbox(totp=True))")
+        return _totp_code(self.totp_secret, int(time.time()) // STEP + step_offset)
+
+    def next_code(self) -> str:
+        """A code unicorn will take: pam_oath refuses a step used before (and those before
+        it), so each call gives the step after the last one given (up to AHEAD steps ahead of
+        the clock, within pam_oath's window; beyond that it waits for the clock)."""
+        if not self.totp:
+            raise SandboxError("this sandbox has no TOTP jump host (Sandbox(totp=True))")
+        now = int(time.time()) // STEP
+        step = max(now, self._last_step + 1)
+        if step > now + AHEAD:
+            time.sleep(max(0.0, (step - AHEAD) * STEP - time.time()) + 0.05)
+        self._last_step = step
+        return _totp_code(self.totp_secret, step)
 
     def home(self, name: str) -> Path:
         """The HOME of sessions on host name."""
@@ -170,6 +228,7 @@ class Sandbox:
         self.stop_jupyter()
         for name in list(self.hosts):
             self.stop_sshd(name)
+        self._made.undo()
         pids = _pids_with_env(MARKER, str(self.dir)) if self.dir.is_absolute() else set()
         for ns in self._namespaces:
             pids.update(int(p) for p in _out(["ip", "netns", "pids", ns]).split() if p.isdigit())
@@ -199,6 +258,10 @@ class Sandbox:
             )
         if self.netns and os.geteuid() != 0:
             raise SandboxError("network namespaces need root; use netns=False for loopback mode")
+        if self.totp:
+            check_totp_tools()
+        if self.password and os.geteuid() != 0:
+            raise SandboxError("the password host needs root (it adds a user)")
 
     def _loopback_addresses(self) -> dict[str, tuple[str, int]]:
         ports: dict[str, tuple[str, int]] = {}
@@ -292,8 +355,9 @@ class Sandbox:
                                hdir / "ssh_host_ed25519_key", hdir / "sshd_config")  # fmt: skip
             keygen(host.host_key, f"{name}@sandbox")
             setenv = " ".join(f'"{k}={v}"' for k, v in self._session_env(name).items())
+            head, tail = self._login_lines(name, host)
             host.sshd_config.write_text(
-                f"# jupyter_tunnel sandbox host {name}\n"
+                f"# jupyter_tunnel sandbox host {name}\n{head}"
                 f"ListenAddress {addr}:{port}\nHostKey {host.host_key}\nPidFile none\n"
                 "UsePAM no\nStrictModes no\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
@@ -301,7 +365,7 @@ class Sandbox:
                 "PermitRootLogin prohibit-password\nLogLevel VERBOSE\n"
                 "MaxStartups 100:30:200\nMaxSessions 100\nPrintMotd no\nPrintLastLog no\n"
                 "X11Forwarding no\nSubsystem sftp internal-sftp\n"
-                f"SetEnv {setenv}\n"
+                f"SetEnv {setenv}\n{tail}"
             )
             home = self.home(name)
             (home / ".local" / "share").mkdir(parents=True, exist_ok=True)
@@ -311,10 +375,22 @@ class Sandbox:
             self.hosts[name] = host
             cfg.append((name, host, ""))
         cfg.append(("beast-via-unicorn", self.hosts["beast"], "  ProxyJump unicorn\n"))
+        users, keys = {}, {}
+        if self.password_user:
+            cfg.append(("unicorn-pw", self.hosts["unicorn"], ""))
+            users["unicorn-pw"] = self.password_user
+        if self.key_passphrase is not None:
+            shutil.copy(self.key, self.locked_key)
+            shutil.copy(self.key.with_suffix(".pub"), self.locked_key.with_suffix(".pub"))
+            _run(["ssh-keygen", "-p", "-q", "-P", "", "-N", self.key_passphrase,
+                  "-f", str(self.locked_key)])  # a test passphrase: argv is fine here
+            cfg.append(("unicorn-locked", self.hosts["unicorn"], ""))
+            keys["unicorn-locked"] = self.locked_key
         self.known_hosts.write_text("".join(known))
         self.ssh_config.write_text("".join(
-            f"Host {alias}\n  HostName {h.address}\n  Port {h.port}\n  User {self.user}\n"
-            f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+            f"Host {alias}\n  HostName {h.address}\n  Port {h.port}\n"
+            f"  User {users.get(alias, self.user)}\n"
+            f"  IdentityFile {keys.get(alias, self.key)}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"
             f"  BatchMode yes\n  ConnectTimeout 10\n{extra}\n"
             for alias, h, extra in cfg
@@ -331,6 +407,23 @@ class Sandbox:
         (beast / ".jupyter" / "labconfig" / "page_config.json").write_text(json.dumps(
             {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
         ))  # fmt: skip
+
+    def _login_lines(self, name: str, host: SandboxHost) -> tuple[str, str]:
+        """sshd_config lines of the login options for host ``name``: first (they win) and
+        last (Match blocks); makes the PAM service, usersfile and user they need."""
+        if name != "unicorn":
+            return "", ""
+        head = tail = ""
+        if self.totp:
+            self.totp_usersfile.touch(mode=0o600)
+            self.totp_usersfile.write_text(f"HOTP/T30/6 {self.user} - {self.totp_secret}\n")
+            host.program = self._made.link_sshd(f"sshd-{self.prefix}-unicorn", SSHD,
+                                                self.totp_usersfile)
+            head = totp_sshd_lines()
+        if self.password_user:
+            self._made.add_user(self.password_user, self.password, self.home(name))
+            tail = password_sshd_lines(self.password_user)
+        return head, tail
 
     # processes -------------------------------------------------------------
     def _ns_argv(self, name: str) -> list[str]:
@@ -386,7 +479,7 @@ class Sandbox:
         mark = logfile.stat().st_size if logfile.exists() else 0
         with open(logfile, "ab") as err:
             host._proc = subprocess.Popen(
-                [*self._ns_argv(name), SSHD, "-D", "-e", "-f", str(host.sshd_config)],
+                [*self._ns_argv(name), host.program, "-D", "-e", "-f", str(host.sshd_config)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 env=self._daemon_env(), start_new_session=True,
             )  # fmt: skip
