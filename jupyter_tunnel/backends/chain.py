@@ -20,45 +20,14 @@ from typing import Any
 import paramiko
 
 from .. import hostkeys
-from ..errors import AuthError, ForwardingRefused, HopTimeout, HopUnreachable
+from ..errors import ForwardingRefused, HopTimeout, HopUnreachable
+from ..login.questions import Ask
 from ..sshconfig import ResolvedHop
 from . import tuning
 from .base import DeadCallback, NoticeCallback, ProgressCallback
+from .paramiko_login import Login
 
 log = logging.getLogger("jupyter_tunnel")
-
-
-def _load_identities(hop: ResolvedHop, agent: Any) -> tuple[list[tuple[str, Any]], list[str]]:
-    """Keys to offer, as (description, PKey), and notes on keys that were skipped."""
-    offered: list[tuple[str, Any]] = []
-    notes: list[str] = []
-    file_blobs: set[bytes] = set()
-    file_keys: list[tuple[str, Any]] = []
-    for path in hop.identity_files:
-        if not os.path.exists(path):
-            continue
-        try:
-            key = paramiko.PKey.from_path(path)
-        except paramiko.PasswordRequiredException:
-            notes.append(f"{path} is encrypted: add it to ssh-agent (ssh-add {path})")
-            pub = path + ".pub"
-            if os.path.exists(pub):
-                with contextlib.suppress(Exception):
-                    file_blobs.add(paramiko.PublicBlob.from_file(pub).key_blob)
-            continue
-        except Exception as exc:  # unsupported types raise cryptography's own errors
-            notes.append(f"{path} cannot be used ({type(exc).__name__}: {exc or 'unsupported'})")
-            continue
-        file_blobs.add(key.asbytes())
-        file_keys.append((path, key))
-    agent_keys: list[Any] = list(agent.get_keys()) if agent is not None else []
-    for key in agent_keys:
-        if hop.identities_only and key.asbytes() not in file_blobs:
-            continue
-        offered.append((f"agent key {key.fingerprint}", key))
-    agent_blobs = {k.asbytes() for k in agent_keys}
-    offered.extend(item for item in file_keys if item[1].asbytes() not in agent_blobs)
-    return offered, notes
 
 
 class HopChain:
@@ -72,14 +41,18 @@ class HopChain:
         self._pending: Any = None
         self._agent: Any = None
         self._notice: NoticeCallback | None = None
+        self._ask: Ask | None = None
         #: per transport: when a packet last arrived from the server
         self.last_read: list[float] = []
         self._stop = threading.Event()
 
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None,
-                timeout: float, notice: NoticeCallback | None = None) -> None:
-        """Connect all hops in order; on failure close what was opened and raise."""
+                timeout: float, notice: NoticeCallback | None = None,
+                ask: Ask | None = None) -> None:
+        """Connect all hops in order; on failure close what was opened and raise.  A hop's
+        questions (a one-time code, a password, a key's passphrase) go to ``ask``."""
         self._notice = notice
+        self._ask = ask
         try:
             for index, hop in enumerate(chain):
                 if self._closed:
@@ -252,43 +225,14 @@ class HopChain:
         return transport
 
     def _authenticate(self, hop: ResolvedHop, transport: paramiko.Transport, t: float) -> None:
-        notes: list[str] = []
+        """Keys first, then what the hop still asks (see :mod:`.paramiko_login`)."""
+        login = Login(hop, transport, self._ask)
         if self._agent is None and os.environ.get("SSH_AUTH_SOCK"):
             try:
                 self._agent = paramiko.Agent()
             except (paramiko.SSHException, OSError) as exc:
-                notes.append(f"ssh-agent could not be used: {exc}")
-        keys, key_notes = _load_identities(hop, self._agent)
-        notes += key_notes
-        tried: list[str] = []
-        for desc, key in keys:
-            tried.append(desc)
-            try:
-                transport.auth_publickey(hop.user, key)
-            except paramiko.BadAuthenticationType as exc:
-                raise AuthError(
-                    f"{hop.label} does not accept public keys for {hop.user} (it allows: "
-                    f"{', '.join(exc.allowed_types) or 'nothing'}); jupyter_tunnel logs in with "
-                    "keys only", hop=hop.alias) from None
-            except paramiko.AuthenticationException:
-                if not transport.is_active():
-                    raise HopUnreachable(f"lost the connection to {hop.label} while logging in",
-                                         hop=hop.alias) from None
-                continue
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                if not transport.is_active():
-                    raise HopUnreachable(f"lost the connection to {hop.label} while logging in:"
-                                         f" {exc}", hop=hop.alias) from None
-                raise AuthError(f"{hop.label} refused the login of {hop.user} with {desc}: "
-                                f"{exc}", hop=hop.alias) from None
-            if transport.is_authenticated():
-                return
-        what = ", ".join(tried) if tried else "no key was found"
-        extra = ("; " + "; ".join(notes)) if notes else ""
-        raise AuthError(
-            f"{hop.label} refused to log in {hop.user}: tried {what}{extra}. Check User and "
-            "IdentityFile for this host in your ssh config, or add the key to ssh-agent",
-            hop=hop.alias)
+                login.notes.append(f"ssh-agent could not be used: {exc}")
+        login.run(self._agent)
 
     def exec(self, command: str, timeout: float, stdin: str | None = None
              ) -> tuple[int, str, str]:

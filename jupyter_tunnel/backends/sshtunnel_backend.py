@@ -26,6 +26,7 @@ import paramiko
 import sshtunnel
 
 from ..errors import ForwardingRefused, HopUnreachable, RemotePortRefused, TunnelError
+from ..login.questions import Ask
 from ..sshconfig import ResolvedHop
 from . import memory, tuning
 from .base import Acceptor, DeadCallback, NoticeCallback, ProgressCallback
@@ -80,9 +81,11 @@ class SSHTunnelBackend:
 
     # the SSH connection -------------------------------------------------------
     def connect(self, chain: list[ResolvedHop], progress: ProgressCallback | None = None,
-                timeout: float = 10.0, notice: NoticeCallback | None = None) -> None:
+                timeout: float = 10.0, notice: NoticeCallback | None = None,
+                ask: Ask | None = None) -> None:
         """Connect every hop (again, after a loss: the old chain is dropped first); the
-        listeners stay bound throughout."""
+        listeners stay bound throughout.  A hop's questions go to ``ask`` (see
+        :mod:`.paramiko_login`); without it they fail with :class:`AnswerNeeded`."""
         attempt = HopChain()
         with self._cond:
             if self._closed:
@@ -91,7 +94,7 @@ class SSHTunnelBackend:
         if old is not None:
             self._drop(old)
         try:
-            attempt.connect(chain, progress, timeout, notice)
+            attempt.connect(chain, progress, timeout, notice, ask)
         finally:
             with self._cond:
                 self._connecting = None
