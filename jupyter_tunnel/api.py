@@ -19,6 +19,8 @@ import sys
 import threading
 from collections.abc import Iterable
 
+from .login.questions import Ask
+from .login.waiting import Prompt, as_ask
 from .manager import TunnelManager
 from .spec import TunnelSpec, build_spec
 from .tunnel import EventCallback, Tunnel
@@ -81,7 +83,8 @@ def open_tunnel(target: str | Iterable[str], via: str | Iterable[str] | None = N
                 forwards: str | Iterable[str] | None = None,
                 reverse: str | Iterable[str] | None = None, jupyter: bool = True,
                 on_event: EventCallback | None = None,
-                manager: TunnelManager | None = None) -> Tunnel:
+                manager: TunnelManager | None = None, prompt: Prompt | None = None,
+                ask: Ask | None = None) -> Tunnel:
     """Open a tunnel to the Jupyter server on ``target`` and wait until it answers.
 
     Parameters
@@ -112,6 +115,16 @@ def open_tunnel(target: str | Iterable[str], via: str | Iterable[str] | None = N
     manager
         A :class:`~jupyter_tunnel.manager.TunnelManager` to use (default: see
         :func:`default_manager`).
+    prompt
+        ``prompt(hop, text, echo) -> answer`` for what a hop asks during the login (a
+        one-time code after the key, a password, a key's passphrase): ``hop`` is its alias,
+        ``text`` the server's own prompt, ``echo`` False for a secret.  Called from the
+        engine's threads, on a reconnect too; it must answer within
+        ``TunnelManager.answer_timeout`` (120 s).  Without it (and without ``ask``) such a
+        login fails with :class:`~jupyter_tunnel.errors.AnswerNeeded` naming the hop.
+    ask
+        The same as a ``callback(question) -> answer`` taking a
+        :class:`~jupyter_tunnel.login.questions.Question` (hop, label, text, echo, kind).
 
     Returns the ready :class:`~jupyter_tunnel.tunnel.Tunnel` (``.url``, ``.state``,
     ``.close()``); it is a context manager that closes the tunnel on exit.
@@ -123,4 +136,6 @@ def open_tunnel(target: str | Iterable[str], via: str | Iterable[str] | None = N
     spec = make_spec(target, via, name=name, local_port=local_port, remote_port=remote_port,
                      launch=launch, ssh_config=ssh_config, forwards=forwards, reverse=reverse,
                      jupyter=jupyter)
-    return (manager or default_manager()).open(spec, on_event)
+    if prompt is not None and ask is None:
+        ask = as_ask(prompt)
+    return (manager or default_manager()).open(spec, on_event, ask)

@@ -18,6 +18,7 @@ from traitlets.config import LoggingConfigurable
 from . import procinfo
 from .cleanup import cleanup
 from .errors import NotOwner, TunnelError, TunnelNotFound
+from .login.questions import Ask
 from .registry import Registry
 from .spec import TunnelSpec, check_name
 from .sshconfig import SSHConfig, resolve_chain
@@ -118,6 +119,14 @@ class TunnelManager(LoggingConfigurable):
         help="The same for all of a tunnel's resumable connections together.",
     ).tag(config=True)
 
+    answer_timeout = Float(
+        120.0,
+        help="Seconds a hop's question (a one-time code, a password, a key's passphrase) "
+        "waits for an answer from whoever opened the tunnel (the terminal, the panel, the "
+        "notebook) before the open fails; also on a reconnect. 0 means no limit (the "
+        "server's LoginGraceTime still applies).",
+    ).tag(config=True)
+
     backend = Enum(
         ["auto", "openssh", "sshtunnel"],
         "auto",
@@ -174,22 +183,27 @@ class TunnelManager(LoggingConfigurable):
             resume_outage=self.resume_outage,
             resume_connection_buffer=self.resume_connection_buffer,
             resume_tunnel_buffer=self.resume_tunnel_buffer,
+            answer_timeout=self.answer_timeout,
         )
 
-    def prepare(self, spec: TunnelSpec, on_event: EventCallback | None = None) -> Tunnel:
-        """Resolve the spec and build a tunnel, not yet opened."""
+    def prepare(self, spec: TunnelSpec, on_event: EventCallback | None = None,
+                ask: Ask | None = None) -> Tunnel:
+        """Resolve the spec and build a tunnel, not yet opened.  ``ask`` answers the hops'
+        questions (a one-time code, a password); without it they fail with AnswerNeeded."""
         config = SSHConfig(spec.ssh_config or self.ssh_config or None)
         chain = resolve_chain(spec.target, spec.via, config)
         name = spec.name or self.registry.unique_name(spec.default_name())
         tunnel = Tunnel(spec, chain, name, settings=self.settings(), registry=self.registry,
-                        owner=self.owner)
+                        owner=self.owner, ask=ask)
         if on_event is not None:
             tunnel.on_event(on_event)
         return tunnel
 
-    def open(self, spec: TunnelSpec, on_event: EventCallback | None = None) -> Tunnel:
-        """Open a tunnel and wait until it is ready; raise a :class:`TunnelError` if it cannot."""
-        tunnel = self.prepare(spec, on_event)
+    def open(self, spec: TunnelSpec, on_event: EventCallback | None = None,
+             ask: Ask | None = None) -> Tunnel:
+        """Open a tunnel and wait until it is ready; raise a :class:`TunnelError` if it cannot.
+        ``ask``: see :meth:`prepare`."""
+        tunnel = self.prepare(spec, on_event, ask)
         self.start(tunnel)
         return tunnel
 

@@ -43,6 +43,8 @@ class Settings:
     #: bytes held (sent, not yet acknowledged) per resumable connection, and per tunnel
     resume_connection_buffer: int = 16 * 2**20
     resume_tunnel_buffer: int = 256 * 2**20
+    #: seconds a hop's question (a one-time code, a password) waits for its answer
+    answer_timeout: float = 120.0
 
 
 #: states a tunnel never leaves

@@ -38,6 +38,7 @@ from .errors import (
     RemotePortRefused,
     TunnelError,
 )
+from .login.questions import Ask
 from .spec import TunnelSpec
 from .sshconfig import ResolvedHop
 from .state import Settings, State
@@ -90,6 +91,10 @@ class Supervised(Protocol):
 
     def live_counters(self) -> dict[str, object]:
         """What changes while the tunnel just runs (traffic, resumable connections held)."""
+        ...
+
+    def backend_ask(self) -> Ask | None:
+        """What a reconnect asks the hops' questions through (None: no one)."""
         ...
 
     def run_remote(self, script: str, *args: str, timeout: float | None = None
@@ -348,8 +353,10 @@ class Supervisor:
                 if not reachable(first, min(2.0, first.connect_timeout or s.connect_timeout)):
                     tcp_down = True
                     raise HopUnreachable(f"cannot reach {first.label}", hop=first.alias)
+                # a hop that asks (a one-time code) asks the front end again; with no one
+                # to ask, AnswerNeeded (an AuthError, not retryable) ends the tunnel
                 backend.connect(tunnel.chain, self.hooks.on_hop, s.connect_timeout,
-                                self.hooks.notice)
+                                self.hooks.notice, ask=tunnel.backend_ask())
                 self._watch()
                 self._restore_reverse()
                 self.hooks.reconnected()

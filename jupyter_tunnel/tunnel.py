@@ -15,6 +15,8 @@ from typing import Any
 from . import detect, procinfo
 from .backends import Backend, make_backend
 from .errors import PortInUse, TunnelError
+from .login.questions import Ask, Question
+from .login.waiting import Waiter
 from .registry import Registry
 from .resume.launch import ResumeUnavailable
 from .resume.tunnel_side import ResumeLimits, Resumer
@@ -62,7 +64,8 @@ class Tunnel:
 
     def __init__(self, spec: TunnelSpec, chain: list[ResolvedHop], name: str, *,
                  settings: Settings | None = None, registry: Registry | None = None,
-                 owner: str = "python", backend_factory: BackendFactory = make_backend) -> None:
+                 owner: str = "python", backend_factory: BackendFactory = make_backend,
+                 ask: Ask | None = None) -> None:
         self.spec = spec
         self.chain = chain
         self.name = name
@@ -98,6 +101,11 @@ class Tunnel:
         self._supervisor: Supervisor | None = None
         #: the resumable streams (``Settings.resume``), once their helper runs
         self._resumer: Resumer | None = None
+        #: the front end's callback for the hops' questions (None: no one can be asked)
+        self.ask = ask
+        #: the question a hop asks now, waiting for an answer (never the answer)
+        self.question: Question | None = None
+        self._problem_before: str | None = None
 
     # events -------------------------------------------------------------
     def on_event(self, callback: EventCallback) -> None:
@@ -169,6 +177,7 @@ class Tunnel:
             "orphaned": False,
             "children": backend.children() if backend is not None else [],
             "resume": self._resumer.summary() if self._resumer is not None else None,
+            "prompt": self.question.to_dict() if self.question is not None else None,
             **stats,
         }
 
@@ -195,6 +204,26 @@ class Tunnel:
             counters["resume"] = (status.streams_open, status.streams_held, status.link_up,
                                   status.bytes_buffered // 100_000)
         return counters
+
+    def backend_ask(self) -> Ask | None:
+        """What the backend asks through: the front end's callback behind the answer
+        timeout, the question shown on the tunnel while it waits; None without one."""
+        if self.ask is None:
+            return None
+        return Waiter(self.ask, self.settings.answer_timeout, self._show_question,
+                      cancelled=lambda: self.state in TERMINAL)
+
+    def _show_question(self, question: Question | None) -> None:
+        """The tunnel waits for an answer to ``question`` (None: no longer)."""
+        with self._lock:
+            if question is not None:
+                self._problem_before = self.problem
+                self.problem = f"waiting for an answer: {question.display}"
+            elif self.question is not None:
+                self.problem = self._problem_before
+            self.question = question
+            self._save()
+        self._emit("prompt")
 
     def _save(self) -> None:
         if self.registry is not None and self._claimed and self.state not in TERMINAL:
@@ -258,7 +287,8 @@ class Tunnel:
                 raise TunnelError(f"tunnel {self.name} was closed while opening")
             self._backend = backend
         self._step(State.CONNECTING)
-        backend.connect(self.chain, self._on_hop, s.connect_timeout, self._on_notice)
+        backend.connect(self.chain, self._on_hop, s.connect_timeout, self._on_notice,
+                        ask=self.backend_ask())
         if spec.jupyter:
             self._step(State.DETECTING)
             self.remote = self._find_remote()
