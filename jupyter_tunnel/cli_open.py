@@ -13,7 +13,9 @@ from typing import Any, NoReturn
 from traitlets import Bool, List, Unicode
 
 from .cli_base import BaseTunnelApp, common_flags
-from .errors import TunnelError
+from .errors import AnswerNeeded, TunnelError
+from .login.questions import Ask, Question
+from .login.terminal import TerminalAsk, terminal_usable
 from .manager import TunnelManager
 from .spec import build_spec
 from .state import State
@@ -144,7 +146,7 @@ jupyter tunnel open beast via unicorn --detach --json
         t0 = time.monotonic()
         tunnel: Tunnel | None = None
         try:
-            tunnel = manager.prepare(spec, _progress(self))
+            tunnel = manager.prepare(spec, _progress(self), self._ask(manager))
             self.say(f"Opening tunnel {tunnel.name}: {' -> '.join(tunnel.hops)}")
             manager.start(tunnel)
         except TunnelError as exc:
@@ -171,6 +173,16 @@ jupyter tunnel open beast via unicorn --detach --json
             self.say(f"Tunnel {tunnel.name} failed: {tunnel.loss_reason()}")
             self.quit(1)
         self.say(f"Tunnel {tunnel.name} closed.")
+
+    def _ask(self, manager: TunnelManager) -> Ask | None:
+        """Who answers the hops' questions: the terminal in the foreground; none with
+        --json or without a terminal (AnswerNeeded says how to answer); the background
+        process of --detach cannot ask yet and says so."""
+        if self.detached_child:
+            return _detached_cannot_ask
+        if self.json_output or not terminal_usable():
+            return None
+        return TerminalAsk(manager.answer_timeout)
 
     def interrupted(self) -> None:
         """Say that Ctrl-C or SIGTERM stopped the open (as JSON too, with --json)."""
@@ -238,6 +250,12 @@ jupyter tunnel open beast via unicorn --detach --json
             i = args.index("--")
             return [*args[:i], *extra, *args[i:]]
         return [*args, *extra]
+
+
+def _detached_cannot_ask(question: Question) -> str:
+    raise AnswerNeeded(f"{question.label} asks '{question.text.strip()}', and a --detach open "
+                       "cannot ask yet: open the tunnel in the foreground (without --detach) "
+                       "to answer it", hop=question.hop)
 
 
 def _interrupt(signum: int, frame: object) -> None:
