@@ -76,6 +76,15 @@ def load_identities(hop: ResolvedHop, agent: Any
     return offered, notes, locked
 
 
+def _what(question: Question) -> str:
+    """What a question asks for, in a message: a one-time code, a password, an answer."""
+    if _CODE.search(question.text):
+        return "a one-time code"
+    if question.kind == "password" or re.search("password", question.text, re.I):
+        return "a password"
+    return "an answer"
+
+
 def _needs_passphrase(exc: Exception) -> bool:
     """Whether loading a key failed for want of its passphrase: paramiko says so, or
     (for new-format OpenSSH keys) cryptography raises a TypeError that says it."""
@@ -258,10 +267,12 @@ class Login:
     # messages -------------------------------------------------------------------
     def _needed(self, question: Question) -> AnswerNeeded:
         hop, text = self.hop, question.text.strip()
-        what = ("a password" if question.kind == "password"
-                else "a one-time code" if _CODE.search(text) else "an answer")
+        what = _what(question)
         if self.accepted is not None:
             start = f"{hop.label} accepted the key of {hop.user} but also asks for {what}"
+        elif self.tried:
+            start = (f"{hop.label} refused to log in {hop.user} with a key (tried "
+                     f"{', '.join(self.tried)}) and asks for {what} instead")
         else:
             start = f"{hop.label} asks {hop.user} for {what}"
         return AnswerNeeded(f"{start}: '{text}' — {HOW}", hop=hop.alias)
