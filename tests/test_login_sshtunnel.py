@@ -7,6 +7,7 @@ log, or any process's argv or environment."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -313,10 +314,11 @@ def _read_until(fd: int, words: list[str], timeout: float) -> str:
     return out.decode(errors="replace")
 
 
+@pytest.mark.parametrize("backend", ["sshtunnel", "openssh"])
 def test_cli_on_a_terminal_asks_for_the_code(
-        totp_net: Sandbox, runtime_dir: Path) -> None:
+        totp_net: Sandbox, runtime_dir: Path, backend: str) -> None:
     argv = [sys.executable, "-m", "jupyter_tunnel", "open", "beast", "--via", "unicorn",
-            "--backend", "sshtunnel", "--no-resume", "--ssh-config", str(totp_net.ssh_config)]
+            "--backend", backend, "--no-resume", "--ssh-config", str(totp_net.ssh_config)]
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session with the pty as its terminal
         os.execv(sys.executable, argv)
@@ -335,7 +337,7 @@ def test_cli_on_a_terminal_asks_for_the_code(
         os.kill(pid, signal.SIGINT)
         _read_until(fd, ["closed"], 30)
     finally:
-        with __import__("contextlib").suppress(ChildProcessError, ProcessLookupError):
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(fd)
@@ -354,7 +356,8 @@ def test_cli_without_a_terminal_is_an_auth_error(
     plain = cli.run("open", "beast", "--via", "unicorn", "--backend", "sshtunnel",
                     "--no-resume")
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
-    assert "unicorn (" in plain.stderr and "open the tunnel from a terminal" in plain.stderr
+    assert "unicorn (" in plain.stderr, plain.stderr
+    assert "open the tunnel in the foreground from a terminal" in plain.stderr, plain.stderr
     detached = cli.run("open", "beast", "--via", "unicorn", "--backend", "sshtunnel",
                        "--no-resume", "--detach")
     assert detached.returncode == 1

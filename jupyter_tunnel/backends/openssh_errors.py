@@ -22,6 +22,7 @@ from ..errors import (
     HostKeyError,
     TunnelError,
 )
+from ..login.questions import HOW_TO_ANSWER
 from ..sshconfig import ResolvedHop
 
 _KEY_TYPES = r"(?:RSA|DSA|ECDSA|ED25519|ECDSA-SK|ED25519-SK|XMSS)(?:-CERT)?"
@@ -175,8 +176,7 @@ class LoginTrace:
             if locked:
                 return AnswerNeeded(
                     f"{hop.label} refused to log in {hop.user}: the key {locked[0]} needs its "
-                    "passphrase, and no agent holds the key. Open the tunnel where it can ask "
-                    "you (in a terminal, the JupyterLab panel or a notebook), or add the key "
+                    f"passphrase, and no agent holds the key: {HOW_TO_ANSWER}, or add the key "
                     "to ssh-agent (ssh-add)", hop=hop.alias)
             return AuthError(
                 f"{hop.label} refused to log in {hop.user}: tried {tried}. Check User and "
@@ -196,8 +196,7 @@ class LoginTrace:
         if not wants:
             return None
         what = " or ".join(wants)
-        how = ("open the tunnel where it can ask you (in a terminal, the JupyterLab panel "
-               "or a notebook)")
+        how = HOW_TO_ANSWER
         if self.partial is not None:
             return AnswerNeeded(f"{hop.label} accepted the {self._method(self.partial)} of "
                                 f"{hop.user} but also wants {what}: {how}", hop=hop.alias)

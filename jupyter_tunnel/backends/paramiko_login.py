@@ -21,11 +21,9 @@ from typing import Any
 import paramiko
 
 from ..errors import AnswerNeeded, AnswerRefused, AuthError, HopUnreachable, TunnelError
-from ..login.questions import Ask, Question
+from ..login.questions import HOW_TO_ANSWER, Ask, Question
 from ..sshconfig import ResolvedHop
 
-#: how a person can answer a question when no one could be asked here
-HOW = "open the tunnel from a terminal, the JupyterLab panel or a notebook to answer it"
 _CODE = re.compile(r"one[- ]time|otp|verification|passcode|token|code|duo|factor", re.I)
 
 
@@ -275,7 +273,7 @@ class Login:
                      f"{', '.join(self.tried)}) and asks for {what} instead")
         else:
             start = f"{hop.label} asks {hop.user} for {what}"
-        return AnswerNeeded(f"{start}: '{text}' — {HOW}", hop=hop.alias)
+        return AnswerNeeded(f"{start}: '{text}' — {HOW_TO_ANSWER}", hop=hop.alias)
 
     def _answer_refused(self, question: Question) -> AnswerRefused:
         kind = {"password": "password", "passphrase": "passphrase"}.get(question.kind, "code")
@@ -289,7 +287,7 @@ class Login:
             keys = ", ".join(self._locked_unasked)
             return AnswerNeeded(
                 f"{hop.label} refused to log in {hop.user}: the key {keys} needs its "
-                f"passphrase, and no agent holds the key — {HOW}, or add the key to "
+                f"passphrase, and no agent holds the key — {HOW_TO_ANSWER}, or add the key to "
                 f"ssh-agent (ssh-add {self._locked_unasked[0]})", hop=hop.alias)
         if "publickey" not in allowed and allowed and not self.tried:
             return AuthError(

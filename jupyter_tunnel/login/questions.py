@@ -15,7 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KINDS", "Ask", "Question"]
+__all__ = ["HOW_TO_ANSWER", "KINDS", "Ask", "Question"]
+
+#: what an AnswerNeeded message tells people to do (the front ends that can ask today)
+HOW_TO_ANSWER = ("open the tunnel in the foreground from a terminal (jupyter tunnel open …) "
+                 "or from Python with open_tunnel(…, prompt=…) to answer it")
 
 #: what a question is for
 KINDS = ("keyboard-interactive", "password", "passphrase")
