@@ -74,6 +74,18 @@ def test_without_a_jupyter_pid_python3_on_the_path_is_used(backend: Backend) -> 
         assert os.path.basename(python).startswith("python3") and os.access(python, os.X_OK)
 
 
+def test_a_command_that_ends_before_reading_its_input_is_no_lost_hop(
+        backend: Backend) -> None:
+    """A command that exits at once (a Python not found) while its input is still being
+    sent: its exit status and words, not "lost beast while running a command" (a loaded
+    CI run met it with the in-process backend: the channel closed under the send)."""
+    big = "x" * (8 << 20)  # past the channel's window: the send meets the closed channel
+    for _ in range(3):
+        status, out, err = backend.run("echo gone >&2; exit 3", 30.0, big)
+        assert (status, out, err.strip()) == (3, "", "gone")
+    assert backend.run("echo still here", 30.0)[:2] == (0, "still here\n")
+
+
 def test_a_python_that_cannot_start_it_is_said_once(backend: Backend) -> None:
     with pytest.raises(launch.ResumeUnavailable) as caught:
         launch.start_helper(backend.run, "beast", "/nonexistent/python3", _settings("launch2"))

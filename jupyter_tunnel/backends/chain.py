@@ -246,9 +246,15 @@ class HopChain:
         try:
             chan.settimeout(timeout)
             chan.exec_command(command)
-            if stdin is not None:
-                chan.sendall(stdin.encode())
-            chan.shutdown_write()
+            try:
+                if stdin is not None:
+                    chan.sendall(stdin.encode())
+                chan.shutdown_write()
+            except OSError:
+                # the command ended before reading all its input (a program not found):
+                # its exit status and stderr say why, the connection is fine
+                if not transport.is_active() or not (chan.closed or chan.eof_received):
+                    raise
             out, err = bytearray(), bytearray()
             stderr_thread = threading.Thread(
                 target=lambda: err.extend(chan.makefile_stderr("rb").read()), daemon=True)
