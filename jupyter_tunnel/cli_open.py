@@ -157,16 +157,20 @@ jupyter tunnel open beast via unicorn --detach --json
                 tunnel.close()
             self.interrupted()
             self.quit(130)
-        info = tunnel.to_dict()
-        what = (f"{tunnel.chain[-1].alias}'s Jupyter (port {info['remote_port']}) on "
-                f"127.0.0.1:{info['local_port']}" if tunnel.spec.jupyter else
-                f"{len(info['forwards'])} forward(s) through {tunnel.chain[-1].alias}")
-        self.report_ready(info, f"Ready in {time.monotonic() - t0:.2f} s: {what}")
-        if self.detached_child:
-            _go_quiet()
-        else:
-            self.say("Press Ctrl-C to close the tunnel.")
-        failed = _wait(tunnel)
+        try:  # ready: Ctrl-C from here on (even before the wait) is a normal close
+            info = tunnel.to_dict()
+            what = (f"{tunnel.chain[-1].alias}'s Jupyter (port {info['remote_port']}) on "
+                    f"127.0.0.1:{info['local_port']}" if tunnel.spec.jupyter else
+                    f"{len(info['forwards'])} forward(s) through {tunnel.chain[-1].alias}")
+            self.report_ready(info, f"Ready in {time.monotonic() - t0:.2f} s: {what}")
+            if self.detached_child:
+                _go_quiet()
+            else:
+                self.say("Press Ctrl-C to close the tunnel.")
+            failed = _wait(tunnel)
+        except KeyboardInterrupt:
+            _quiet_signals()
+            failed = False
         if not (failed and self.detached_child):  # no one reads a detached process's stderr:
             tunnel.close()                        # its record keeps saying why it failed
         if failed:
@@ -309,6 +313,8 @@ class DemoApp(BaseTunnelApp):
         _interrupt_on_term()
         sandbox = Sandbox(log=self.say)
         interrupted = False
+        manager: TunnelManager | None = None
+        ready = False
         try:
             try:
                 self.say("Starting the demo network (unicorn, beast and a Jupyter server)...")
@@ -322,6 +328,7 @@ class DemoApp(BaseTunnelApp):
                                       _progress(self))
             except TunnelError as exc:
                 self.fail(exc)
+            ready = True  # Ctrl-C from here on is the normal way out (exit 0)
             info = tunnel.to_dict()
             if self.json_output:
                 print(json.dumps(info), flush=True)
@@ -334,11 +341,12 @@ class DemoApp(BaseTunnelApp):
                          f"{sandbox.ssh_config}")
                 self.say("Press Ctrl-C to close the tunnel and remove the demo network.")
             _wait(tunnel)
-            manager.close_all()
         except KeyboardInterrupt:
-            interrupted = True
+            interrupted = not ready
         finally:
             _quiet_signals()
+            if manager is not None:
+                manager.close_all()
             sandbox.stop()
             self.say("Demo network removed.")
         if interrupted:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI, foreground, port_is_free
-from test_open import api_status
+from test_open import CTRL_C_AFTER_URL, api_status
 
 from jupyter_tunnel.sandbox import SSHD, Sandbox
 
@@ -35,6 +35,21 @@ def test_demo_opens_beast_via_unicorn_and_ctrl_c_removes_everything() -> None:
     prefix = Path(folder.group(1)).name.split("-")[0]
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"{prefix}-" not in namespaces
+
+
+def test_demo_ctrl_c_as_soon_as_the_url_shows_is_a_normal_end() -> None:
+    """Ctrl-C after the URL but before the wait for it: exit 0 and everything removed, as
+    later (it was 130, in a loaded CI run)."""
+    if not os.path.exists(SSHD):
+        pytest.skip("needs sshd")
+    with foreground([sys.executable, "-c", CTRL_C_AFTER_URL, "demo"]) as (proc, url):
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read() if proc.stderr else ""
+    assert "Demo network removed." in err and "Traceback" not in err, err
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None and port_is_free(port)
+    folder = re.search(r"ssh config: (\S+)/ssh_config", err)
+    assert folder and not Path(folder.group(1)).exists()
 
 
 def test_demo_without_sshd_says_how_to_install(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import signal
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -59,6 +60,39 @@ def test_foreground_open_prints_working_url_and_ctrl_c_cleans_up(
     assert "closed" in err
     assert net.jupyter.token not in err
     assert port_is_free(port)
+    assert registry_files(runtime_dir) == []
+
+
+#: the CLI, with Ctrl-C arriving at the one moment a user or script might hit: the URL is
+#: printed, the tunnel ready, the wait for Ctrl-C not yet begun (on its last words)
+CTRL_C_AFTER_URL = """
+import sys
+from jupyter_tunnel import cli_base, cli_open
+from jupyter_tunnel.cli import main
+for cls in (cli_base.BaseTunnelApp, cli_open.OpenApp):
+    def say(self, text, _orig=cls.say):
+        _orig(self, text)
+        if text.startswith("Press Ctrl-C"):
+            raise KeyboardInterrupt
+    cls.say = say
+sys.argv[0] = "jupyter-tunnel"
+main()
+"""
+
+
+def test_ctrl_c_as_soon_as_the_url_shows_is_a_normal_close(
+        cli: CLI, net: Sandbox, runtime_dir: Path) -> None:
+    """Ctrl-C after the URL but before the wait for it (a user quick on the keys, a script
+    that reads the URL and stops it) closes cleanly with exit 0, as later does: it was a
+    traceback (a loaded CI run of the demo, which had the same window, got 130)."""
+    argv = [sys.executable, "-c", CTRL_C_AFTER_URL, *cli.argv("open", "beast", "--via",
+                                                              "unicorn")[3:]]
+    with foreground(argv) as (proc, url):
+        assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in err and "closed" in err, err
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None and port_is_free(port)
     assert registry_files(runtime_dir) == []
 
 
