@@ -284,7 +284,13 @@ class HopChain:
         return bool(self.transports) and all(t.is_active() for t in self.transports)
 
     def close(self) -> None:
-        """Close transports, last hop first; a connect under way stops at the next hop."""
+        """Close transports, first hop first; a connect under way stops at the next hop.
+
+        First hop first, never last: on a dead link a thread writing an upload blocks in
+        the first hop's socket holding that transport's write lock, and closing a later
+        hop sends its channel's CLOSE through that same transport, so it would wait for
+        the network to come back.  Closed first, the first hop fails that write at once
+        and the later hops' channels are already gone (nothing left to send)."""
         self._closed = True
         self._stop.set()
         pending, self._pending = self._pending, None
@@ -292,7 +298,7 @@ class HopChain:
             with contextlib.suppress(Exception):
                 pending.close()
         transports, self.transports, self.hops = self.transports, [], []
-        for transport in reversed(transports):
+        for transport in transports:
             with contextlib.suppress(Exception):
                 transport.close()
 
