@@ -64,6 +64,11 @@ class AnswerRefused(AuthError):
     """The hop refused the answer given (a wrong code or password)."""
 
 
+class NoQuestionWaiting(TunnelError):
+    """An answer came for a question that no longer waits (answered, timed out, or never
+    asked), or for a tunnel whose questions are asked elsewhere."""
+
+
 class HopUnreachable(TunnelError):
     """A hop's address cannot be resolved or connected to."""
 
@@ -128,6 +133,7 @@ _KINDS: dict[type[TunnelError], str] = {
     AnswerNeeded: "auth",
     AnswerTimeout: "auth",
     AnswerRefused: "auth",
+    NoQuestionWaiting: "no-question",
     HopUnreachable: "unreachable",
     HopTimeout: "timeout",
     ForwardingRefused: "forwarding-refused",

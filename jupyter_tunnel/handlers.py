@@ -7,6 +7,8 @@
 |                       | ready, or the error of the failed open)                       |
 | GET tunnels/NAME      | 200, one tunnel                                               |
 | DELETE tunnels/NAME   | 200, the closed tunnel (a failed one is dismissed)            |
+| POST tunnels/NAME/    | 202, the tunnel: ``{"id", "answer"}`` answers the question    |
+| answer                | its ``prompt`` shows (409 if that question no longer waits)   |
 | GET hosts             | 200, ``{"hosts": [...]}``: ssh-config hosts to suggest        |
 
 Errors are JSON ``{"message", "kind", "hop"}`` with the status from :mod:`.rest_errors`.
@@ -140,6 +142,19 @@ class TunnelHandler(TunnelAPIHandler):
         self.send(200, await self.call(self.service.close, name))
 
 
+class AnswerHandler(TunnelAPIHandler):
+    """``tunnels/NAME/answer``: answer the question a hop asks (the tunnel's ``prompt``)."""
+
+    @web.authenticated
+    @authorized("execute")  # type: ignore[untyped-decorator]  # part of a login
+    async def post(self, name: str) -> None:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            raise ApiError(400, "the request body is not JSON", kind="bad-request") from None
+        self.send(202, await self.shown(await self.call(self.service.answer, name, body)))
+
+
 class HostsHandler(TunnelAPIHandler):
     """``hosts``: the ssh-config Host names to suggest as targets and jump hosts."""
 
@@ -152,5 +167,6 @@ class HostsHandler(TunnelAPIHandler):
 default_handlers: list[tuple[str, type[TunnelAPIHandler]]] = [
     (rf"{API}/tunnels/?", TunnelsHandler),
     (rf"{API}/tunnels/(?P<name>[^/]+)/?", TunnelHandler),
+    (rf"{API}/tunnels/(?P<name>[^/]+)/answer/?", AnswerHandler),
     (rf"{API}/hosts/?", HostsHandler),
 ]

@@ -20,6 +20,7 @@ _STATUS: list[tuple[type[errors.TunnelError], int]] = [
     (errors.TunnelExists, 409),
     (errors.NotOwner, 409),  # another process owns it: close it there
     (errors.PortInUse, 409),
+    (errors.NoQuestionWaiting, 409),  # answered already, timed out, or asked elsewhere
     (errors.HopTimeout, 504),  # a hop (or the remote Jupyter) did not answer in time
     (errors.RemoteJupyterNotReady, 504),
     (errors.HostKeyError, 502),  # a hop answered, but not as it must

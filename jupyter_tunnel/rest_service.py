@@ -14,7 +14,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .errors import ConfigError, SpecError, TunnelError, TunnelExists, TunnelNotFound
+from .errors import (
+    ConfigError,
+    NoQuestionWaiting,
+    SpecError,
+    TunnelError,
+    TunnelExists,
+    TunnelNotFound,
+)
+from .login.mailbox import Mailbox, check_answer, check_question_id, deliver
 from .manager import TunnelManager
 from .rest_errors import TargetNotAllowed
 from .spec import Hop, TunnelSpec, build_spec, check_name
@@ -217,7 +225,8 @@ class TunnelService:
                                    "it first or choose another name")
             if not spec.name:
                 spec = dataclasses.replace(spec, name=self._free_name(spec.default_name(), busy))
-            tunnel = self.manager.prepare(spec)
+            # no person at this server: its tunnels' questions wait for POST …/answer
+            tunnel = self.manager.prepare(spec, ask=Mailbox(self.manager.answer_timeout + 5))
             self.check_resolved(tunnel)  # ProxyJump lines may have added hops
             claim = getattr(tunnel, "claim", None)
             if claim is not None:
@@ -279,6 +288,27 @@ class TunnelService:
             log.warning("tunnel %s: closed while opening; stopping its connection", tunnel.name)
             tunnel._teardown()
 
+    # answering -------------------------------------------------------------
+    def answer(self, name: str, body: Any) -> dict[str, Any]:
+        """Answer the question a tunnel of this server waits for (its ``prompt``); the
+        tunnel's JSON.  The answer goes to the waiting login and is kept nowhere."""
+        check_name(name)
+        if not isinstance(body, dict) or set(body) != {"id", "answer"}:
+            raise SpecError('the request body must be {"id": "<the prompt\'s id>", '
+                            '"answer": "<the answer>"}')
+        question_id, answer = check_question_id(body["id"]), check_answer(body["answer"])
+        with self._lock:
+            mine = next((t for t in self._mine if t.name == name and t.state not in _ENDED),
+                        None)
+        if mine is None:
+            record = self.status(name)  # TunnelNotFound: 404
+            if record.get("prompt") is None:
+                raise NoQuestionWaiting(f"tunnel {name} waits for no answer now")
+            raise NoQuestionWaiting(f"tunnel {name} belongs to another process (pid "
+                                    f"{record.get('pid')}): answer it there")
+        deliver(mine, question_id, answer)
+        return self.view(mine)
+
     # closing ---------------------------------------------------------------
     def close(self, name: str) -> dict[str, Any]:
         """Close a tunnel (or dismiss a failed one of this server); its last JSON."""
@@ -293,6 +323,7 @@ class TunnelService:
                 started = id(mine) in self._started
         if mine is None:
             return self.manager.close(name)
+        _release(mine)
         if mine.state in _ENDED:
             record = self.view(mine)  # a failed open, dismissed
             self._crashes.pop(id(mine), None)
@@ -314,7 +345,14 @@ class TunnelService:
             self._cancelled.update(id(t) for t in mine if t.state not in _ENDED)
         self.manager.close_all()
         for tunnel in mine:
+            _release(tunnel)
             with contextlib.suppress(Exception):
                 tunnel.close()
         self._opener.shutdown(wait=False, cancel_futures=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _release(tunnel: Tunnel) -> None:
+    """Free a login that waits for an answer: the tunnel is going."""
+    if isinstance(tunnel.ask, Mailbox):
+        tunnel.ask.close()

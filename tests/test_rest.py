@@ -404,7 +404,9 @@ class DenyAuthorizer(Authorizer):
 async def test_every_endpoint_asks_the_authorizer(jp_fetch: Any, service: TunnelService) -> None:
     for method, path, body in [("GET", ("tunnels",), None), ("GET", ("tunnels", "x"), None),
                                ("DELETE", ("tunnels", "x"), None), ("GET", ("hosts",), None),
-                               ("POST", ("tunnels",), {"target": "beast"})]:
+                               ("POST", ("tunnels",), {"target": "beast"}),
+                               ("POST", ("tunnels", "x", "answer"),
+                                {"id": "0123abcd", "answer": "1"})]:
         code, error, _ = await call(jp_fetch, method, *path, body=body)
         assert code == 403, (method, path, error)
     assert registry_files(service) == []
