@@ -196,6 +196,7 @@ class TunnelApp(BaseTunnelApp):
 jupyter tunnel open beast --via unicorn
 jupyter tunnel list
 jupyter tunnel close beast
+jupyter tunnel answer beast
 jupyter tunnel cleanup
 jupyter tunnel demo
 """
@@ -207,6 +208,8 @@ jupyter tunnel demo
         "list": (ListApp, ListApp.description),
         "status": (StatusApp, StatusApp.description),
         "close": (CloseApp, CloseApp.description),
+        "answer": ("jupyter_tunnel.cli_answer.AnswerApp",
+                   "Answer what a hop asks (a one-time code) a tunnel of another process."),
         "cleanup": (CleanupApp, "Remove what crashed tunnels left behind (records, processes)."),
         "demo": ("jupyter_tunnel.cli_open.DemoApp",
                  "Run a throwaway SSH network here and open beast via unicorn through it."),

@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from traitlets import Bool, List, Unicode
 
+from .cli_answer import Relayed, answer_for_child
 from .cli_base import BaseTunnelApp, common_flags
-from .errors import AnswerNeeded, TunnelError
-from .login.questions import Ask, Question
+from .errors import TunnelError
+from .login.door import door_of
+from .login.questions import Ask
 from .login.terminal import TerminalAsk, terminal_usable
 from .manager import TunnelManager
 from .spec import build_spec
@@ -146,7 +149,11 @@ jupyter tunnel open beast via unicorn --detach --json
         t0 = time.monotonic()
         tunnel: Tunnel | None = None
         try:
-            tunnel = manager.prepare(spec, _progress(self), self._ask(manager))
+            ask = self._ask(manager)
+            tunnel = manager.prepare(spec, _progress(self), ask)
+            if isinstance(ask, Relayed):
+                ask.door = door_of(manager.registry.path, tunnel)
+                ask.name = _name_of(tunnel)
             self.say(f"Opening tunnel {tunnel.name}: {' -> '.join(tunnel.hops)}")
             manager.start(tunnel)
         except TunnelError as exc:
@@ -180,10 +187,10 @@ jupyter tunnel open beast via unicorn --detach --json
 
     def _ask(self, manager: TunnelManager) -> Ask | None:
         """Who answers the hops' questions: the terminal in the foreground; none with
-        --json or without a terminal (AnswerNeeded says how to answer); the background
-        process of --detach cannot ask yet and says so."""
+        --json or without a terminal (AnswerNeeded says how to answer); for the background
+        process of --detach, the terminal that started it (or ``jupyter tunnel answer``)."""
         if self.detached_child:
-            return _detached_cannot_ask
+            return Relayed(manager.answer_timeout + 5)
         if self.json_output or not terminal_usable():
             return None
         return TerminalAsk(manager.answer_timeout)
@@ -205,8 +212,14 @@ jupyter tunnel open beast via unicorn --detach --json
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                  start_new_session=True, text=True)
         assert child.stdout is not None
+        can_ask = not self.json_output and terminal_usable()
         try:
-            line = child.stdout.readline()
+            while True:  # its questions, until the line that says how the open ended
+                line = child.stdout.readline()
+                asked = _json_object(line)
+                if asked is None or "prompt" not in asked or "state" in asked:
+                    break
+                answer_for_child(self.manager(), asked, can_ask)
         except KeyboardInterrupt:
             _quiet_signals()
             child.terminate()  # the child closes what it opened and exits
@@ -256,10 +269,16 @@ jupyter tunnel open beast via unicorn --detach --json
         return [*args, *extra]
 
 
-def _detached_cannot_ask(question: Question) -> str:
-    raise AnswerNeeded(f"{question.label} asks '{question.text.strip()}', and a --detach open "
-                       "cannot ask yet: open the tunnel in the foreground (without --detach) "
-                       "to answer it", hop=question.hop)
+def _name_of(tunnel: Tunnel) -> Callable[[], str]:
+    return lambda: tunnel.name
+
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _interrupt(signum: int, frame: object) -> None:

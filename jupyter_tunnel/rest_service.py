@@ -22,6 +22,7 @@ from .errors import (
     TunnelExists,
     TunnelNotFound,
 )
+from .login.door import door_of, door_path, knock
 from .login.mailbox import Mailbox, check_answer, check_question_id, deliver
 from .manager import TunnelManager
 from .rest_errors import TargetNotAllowed
@@ -225,8 +226,11 @@ class TunnelService:
                                    "it first or choose another name")
             if not spec.name:
                 spec = dataclasses.replace(spec, name=self._free_name(spec.default_name(), busy))
-            # no person at this server: its tunnels' questions wait for POST …/answer
-            tunnel = self.manager.prepare(spec, ask=Mailbox(self.manager.answer_timeout + 5))
+            # no person at this server: its tunnels' questions wait for POST …/answer (or
+            # for jupyter tunnel answer, through the door)
+            mailbox = Mailbox(self.manager.answer_timeout + 5)
+            tunnel = self.manager.prepare(spec, ask=mailbox)
+            mailbox.door = door_of(self.manager.registry.path, tunnel)
             self.check_resolved(tunnel)  # ProxyJump lines may have added hops
             claim = getattr(tunnel, "claim", None)
             if claim is not None:
@@ -300,12 +304,14 @@ class TunnelService:
         with self._lock:
             mine = next((t for t in self._mine if t.name == name and t.state not in _ENDED),
                         None)
-        if mine is None:
+        if mine is None:  # a tunnel of another process of the user (a --detach open)
             record = self.status(name)  # TunnelNotFound: 404
-            if record.get("prompt") is None:
-                raise NoQuestionWaiting(f"tunnel {name} waits for no answer now")
-            raise NoQuestionWaiting(f"tunnel {name} belongs to another process (pid "
-                                    f"{record.get('pid')}): answer it there")
+            prompt = record.get("prompt") or {}
+            if prompt.get("id") != question_id:
+                raise NoQuestionWaiting(f"tunnel {name} waits for no answer now" if not prompt
+                                        else f"that question of tunnel {name} no longer waits")
+            knock(door_path(self.manager.registry.path, name), question_id, answer, name)
+            return record
         deliver(mine, question_id, answer)
         return self.view(mine)
 

@@ -7,12 +7,17 @@ nothing.  The code never lands in the registry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CLI
 from test_login_sshtunnel import _sandbox
 from test_rest import call, registry_files, status_through, until
 
@@ -63,10 +68,14 @@ def service(jp_serverapp: Any) -> TunnelService:
 
 
 async def _until_asked(jp_fetch: Any, name: str, timeout: float = 40) -> dict[str, Any]:
-    """Poll the tunnel (as the panel does) until it shows a question."""
+    """Poll the tunnel (as the panel does) until it shows a question; a tunnel of another
+    process appears once that process has recorded it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code, data, _ = await call(jp_fetch, "GET", "tunnels", name)
+        if code == 404:
+            await asyncio.sleep(0.1)
+            continue
         assert code == 200, data
         if data["prompt"] is not None:
             return dict(data)
@@ -160,4 +169,38 @@ async def test_an_unanswered_question_times_out(jp_fetch: Any, service: TunnelSe
     assert failed["state"] == "failed" and failed["prompt"] is None, failed
     assert failed["error"]["kind"] == "auth" and "within 2 s" in failed["error"]["error"], failed
     assert (await call(jp_fetch, "DELETE", "tunnels", "beast"))[0] == 200
+    assert registry_files(service) == []
+
+
+@pytest.mark.parametrize("backend", ["sshtunnel"])
+async def test_the_panel_answers_a_tunnel_that_a_detached_cli_opens(
+        jp_fetch: Any, service: TunnelService, totp_net: Sandbox) -> None:
+    registry = str(service.manager.registry.path)
+    opener = subprocess.Popen(
+        CLI(totp_net.ssh_config).argv("open", "beast", "--via", "unicorn", "--backend",
+                                      "sshtunnel", "--detach", "--json", "--name", "cli-beast",
+                                      f"--TunnelManager.registry_dir={registry}"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting = await _until_asked(jp_fetch, "cli-beast")
+        assert waiting["owner"] == "cli" and waiting["pid"] != os.getpid(), waiting
+        prompt = waiting["prompt"]
+        code, error = await _answer(jp_fetch, "cli-beast",
+                                    {"id": "0123456789abcdef", "answer": "123456"})
+        assert code == 409 and "no longer waits" in error["message"], error
+        secret = totp_net.next_code()
+        code, _ = await _answer(jp_fetch, "cli-beast", {"id": prompt["id"], "answer": secret})
+        assert code == 202
+        out, err = await asyncio.to_thread(opener.communicate, timeout=90)
+        info = json.loads(out)
+        assert info["state"] == "ready", (info, err)
+        assert await status_through(info["url"]) == 200
+        assert secret not in _registry_text(service)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            opener.kill()
+        opener.wait()
+        subprocess.run(CLI(totp_net.ssh_config).argv(
+            "close", "--all", f"--TunnelManager.registry_dir={registry}"),
+            capture_output=True, timeout=60)
     assert registry_files(service) == []

@@ -358,8 +358,11 @@ def test_cli_without_a_terminal_is_an_auth_error(
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert "unicorn (" in plain.stderr, plain.stderr
     assert "open the tunnel in the foreground from a terminal" in plain.stderr, plain.stderr
+    # --detach: the question waits for `jupyter tunnel answer` (test_login_answer.py) until
+    # the answer timeout
     detached = cli.run("open", "beast", "--via", "unicorn", "--backend", "sshtunnel",
-                       "--no-resume", "--detach")
-    assert detached.returncode == 1
-    assert "in the foreground (without --detach)" in detached.stderr, detached.stderr
+                       "--no-resume", "--detach", "--TunnelManager.answer_timeout=2")
+    assert detached.returncode == 1 and "Traceback" not in detached.stderr
+    assert "answer it with: jupyter tunnel answer beast" in detached.stderr, detached.stderr
+    assert "within 2 s" in detached.stderr, detached.stderr
     assert_left_nothing(runtime_dir)

@@ -12,12 +12,18 @@ through and are not kept.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from ..errors import NoQuestionWaiting, SpecError, TunnelError
+from .door import Door
 from .questions import Question
+
+log = logging.getLogger(__name__)
 
 #: the longest answer taken (a passphrase may be long; nothing a person types is longer)
 MAX_ANSWER = 4096
@@ -53,14 +59,17 @@ class Mailbox:
     """An :data:`~.questions.Ask` whose answers come through :meth:`answer`.
 
     ``limit``: seconds a question is held at most (the tunnel's answer timeout ends the
-    wait sooner; this only frees the asking thread in any case).
+    wait sooner; this only frees the asking thread in any case).  ``door``: while a
+    question waits, other processes of the user may answer it there (:mod:`.door`).
     """
 
-    def __init__(self, limit: float = 600.0) -> None:
+    def __init__(self, limit: float = 600.0, door: Callable[[], Path] | None = None) -> None:
         self.limit = limit
+        self.door = door
         self._cond = threading.Condition()
         self._slots: dict[str, _Slot] = {}
         self._closed = False
+        self._open_door: Door | None = None
 
     def __call__(self, question: Question) -> str:
         slot = _Slot(question)
@@ -69,15 +78,23 @@ class Mailbox:
             if self._closed:
                 raise TunnelError("the tunnel was closed", hop=question.hop)
             self._slots[question.id] = slot
-            try:
+            self._open()
+        try:
+            with self._cond:
                 while slot.answer is None and not slot.closed:
                     left = end - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            finally:
+        finally:
+            with self._cond:
                 del self._slots[question.id]
-            answer, slot.answer = slot.answer, None
+                door = self._open_door if not self._slots else None
+                if door is not None:
+                    self._open_door = None
+            if door is not None:
+                door.close()  # not under the lock: its thread may be handing in an answer
+        answer, slot.answer = slot.answer, None
         if answer is None:
             raise TunnelError(f"no answer came for {question.label}'s question", hop=question.hop)
         return answer
@@ -106,6 +123,14 @@ class Mailbox:
             for slot in self._slots.values():
                 slot.closed = True
             self._cond.notify_all()
+
+    def _open(self) -> None:
+        if self.door is None or self._open_door is not None:
+            return
+        try:
+            self._open_door = Door(self.door(), self.answer)
+        except (OSError, TunnelError) as exc:  # the REST API and the terminal still answer
+            log.warning("answers from other processes cannot be taken: %s", exc)
 
 
 class _Answerable(Protocol):

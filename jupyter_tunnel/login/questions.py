@@ -18,8 +18,9 @@ from typing import Any
 __all__ = ["HOW_TO_ANSWER", "KINDS", "Ask", "Question"]
 
 #: what an AnswerNeeded message tells people to do (the front ends that can ask today)
-HOW_TO_ANSWER = ("open the tunnel in the foreground from a terminal (jupyter tunnel open …) "
-                 "or from Python with open_tunnel(…, prompt=…) to answer it")
+HOW_TO_ANSWER = ("open the tunnel in the foreground from a terminal (jupyter tunnel open …), "
+                 "or with --detach and answer with jupyter tunnel answer NAME, or from the "
+                 "JupyterLab panel, or from Python with open_tunnel(…, prompt=…) to answer it")
 
 #: what a question is for
 KINDS = ("keyboard-interactive", "password", "passphrase")

@@ -1,0 +1,199 @@
+"""Answers from another process: ``jupyter tunnel open --detach`` asks on the terminal that
+started it before it detaches; without a terminal it says to use ``jupyter tunnel answer
+NAME``, which takes the answer on stdin (or its terminal) and hands it to the background
+process through its door (a 0600 socket of the user).  Stale, foreign and missing answers
+are refused with words that say why."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CLI
+from test_faults import assert_left_nothing
+from test_login_sshtunnel import _read_until, _registry_text, _sandbox, _secret_in_processes
+from test_open import api_status
+
+from jupyter_tunnel.errors import NoQuestionWaiting, TunnelError
+from jupyter_tunnel.login.door import Door, knock
+from jupyter_tunnel.login.mailbox import Mailbox
+from jupyter_tunnel.login.questions import Question
+from jupyter_tunnel.sandbox import Sandbox
+
+
+@pytest.fixture(scope="module")
+def totp_net() -> Iterator[Sandbox]:
+    """unicorn wants the key and then a TOTP code; beast runs Jupyter."""
+    sandbox = _sandbox(totp=True)
+    yield sandbox
+    sandbox.stop()
+
+
+# --- the door, without a network ----------------------------------------------------------
+
+def _asking(mailbox: Mailbox, question: Question) -> tuple[threading.Thread, list[object]]:
+    got: list[object] = []
+
+    def run() -> None:
+        try:
+            got.append(mailbox(question))
+        except TunnelError as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_the_door_takes_the_answer_to_the_waiting_question_only(tmp_path: Path) -> None:
+    path = tmp_path / "door.sock"
+    mailbox = Mailbox(limit=30, door=lambda: path)
+    question = Question(hop="unicorn", label="unicorn (10.0.0.2)", text="Code: ")
+    with pytest.raises(NoQuestionWaiting, match="no process takes answers"):
+        knock(path, question.id, "123456", "beast", wait=0.3)  # nothing asked yet: closed
+    thread, got = _asking(mailbox, question)
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline, "the door never opened"
+        time.sleep(0.02)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(NoQuestionWaiting, match="no longer waits"):
+        knock(path, "0123456789abcdef", "123456", "beast")
+    with pytest.raises(TunnelError, match="one line"):
+        knock(path, question.id, "12\n34", "beast")
+    assert thread.is_alive()  # still waiting: nothing was taken
+    knock(path, question.id, "123456", "beast")
+    thread.join(5)
+    assert got == ["123456"]
+    assert not path.exists()  # closed once no question waits
+
+
+def test_another_user_cannot_answer(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    path = tmp_path / "door.sock"
+    os.chmod(tmp_path, 0o755)  # only the socket's own mode keeps the other user out
+    door = Door(path, lambda question_id, answer: None)
+    try:
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                knock(path, "0123456789abcdef", "123456", "beast", wait=0)
+            except TunnelError as exc:
+                code = 0 if "cannot reach" in str(exc) or "refused" in str(exc) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        door.close()
+
+
+def test_answer_says_why_it_cannot(totp_net: Sandbox) -> None:
+    cli = CLI(totp_net.ssh_config)
+    missing = cli.run("answer", "nosuch")
+    assert missing.returncode == 1 and "no tunnel named 'nosuch'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = cli.run("answer", "a;b")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+def _open_detached_without_terminal(net: Sandbox, backend: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        CLI(net.ssh_config).argv("open", "beast", "--via", "unicorn", "--backend", backend,
+                                 "--detach", "--json"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _until_prompt(cli: CLI, name: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = cli.run("status", name, "--json")
+        if result.returncode == 0:
+            record = json.loads(result.stdout)
+            if record.get("prompt"):
+                return dict(record["prompt"])
+        time.sleep(0.2)
+    pytest.fail(f"tunnel {name} showed no question within {timeout} s")
+
+
+@pytest.mark.parametrize("backend", ["sshtunnel", "openssh"])
+def test_detach_without_a_terminal_is_answered_with_jupyter_tunnel_answer(
+        totp_net: Sandbox, runtime_dir: Path, backend: str) -> None:
+    cli = CLI(totp_net.ssh_config)
+    opener = _open_detached_without_terminal(totp_net, backend)
+    code = ""
+    try:
+        prompt = _until_prompt(cli, "beast")
+        assert prompt["hop"] == "unicorn" and prompt["echo"] is False, prompt
+        code = totp_net.next_code()
+        answered = subprocess.run(cli.argv("answer", "beast"), input=code + "\n",
+                                  capture_output=True, text=True, timeout=60)
+        assert answered.returncode == 0, answered.stderr
+        assert "unicorn (" in answered.stderr and "One-time password" in answered.stderr
+        assert "Answered unicorn (" in answered.stderr, answered.stderr
+        out, err = opener.communicate(timeout=90)
+        info = json.loads(out)
+        assert info["state"] == "ready", info
+        assert "answer it with: jupyter tunnel answer beast" in err, err
+        assert api_status(str(info["url"])) == 200
+        again = subprocess.run(cli.argv("answer", "beast"), input="123456\n",
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "waits for no answer" in again.stderr, again.stderr
+        assert code not in _registry_text(runtime_dir)
+        assert _secret_in_processes(code) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            opener.kill()
+        opener.wait()
+        cli.run("close", "--all")
+    assert_left_nothing(runtime_dir)
+
+
+def test_detach_on_a_terminal_asks_before_it_detaches(
+        totp_net: Sandbox, runtime_dir: Path) -> None:
+    argv = [sys.executable, "-m", "jupyter_tunnel", "open", "beast", "--via", "unicorn",
+            "--backend", "sshtunnel", "--detach", "--ssh-config", str(totp_net.ssh_config)]
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, argv)
+    cli = CLI(totp_net.ssh_config)
+    try:
+        before = _read_until(fd, ["asks:", "error"], 60)
+        assert "unicorn (" in before and "asks: One-time password (OATH) for `root':" \
+            in before, before
+        code = totp_net.next_code()
+        os.write(fd, code.encode() + b"\n")
+        after = _read_until(fd, ["ready in the background", "error"], 60)
+        assert "Tunnel beast ready in the background" in after, after
+        assert code not in before + after  # not echoed
+        _, status = os.waitpid(pid, 0)  # the terminal's process is done; the tunnel stays
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+        record = json.loads(cli.run("status", "beast", "--json").stdout)
+        assert record["state"] == "ready" and record["prompt"] is None, record
+        assert api_status(str(record["url"])) == 200
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+        cli.run("close", "--all")
+    assert_left_nothing(runtime_dir)
