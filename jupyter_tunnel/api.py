@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterable
 
+from .login.notebook import default_ask
 from .login.questions import Ask
 from .login.waiting import Prompt, as_ask
 from .manager import TunnelManager
@@ -120,8 +121,10 @@ def open_tunnel(target: str | Iterable[str], via: str | Iterable[str] | None = N
         one-time code after the key, a password, a key's passphrase): ``hop`` is its alias,
         ``text`` the server's own prompt, ``echo`` False for a secret.  Called from the
         engine's threads, on a reconnect too; it must answer within
-        ``TunnelManager.answer_timeout`` (120 s).  Without it (and without ``ask``) such a
-        login fails with :class:`~jupyter_tunnel.errors.AnswerNeeded` naming the hop.
+        ``TunnelManager.answer_timeout`` (120 s).  Without it (and without ``ask``) the
+        question goes to the notebook while a cell runs (an input box under the cell, a
+        password box for a secret), else to the terminal if there is one; with neither,
+        such a login fails with :class:`~jupyter_tunnel.errors.AnswerNeeded` naming the hop.
     ask
         The same as a ``callback(question) -> answer`` taking a
         :class:`~jupyter_tunnel.login.questions.Question` (hop, label, text, echo, kind).
@@ -136,6 +139,9 @@ def open_tunnel(target: str | Iterable[str], via: str | Iterable[str] | None = N
     spec = make_spec(target, via, name=name, local_port=local_port, remote_port=remote_port,
                      launch=launch, ssh_config=ssh_config, forwards=forwards, reverse=reverse,
                      jupyter=jupyter)
+    manager = manager or default_manager()
     if prompt is not None and ask is None:
         ask = as_ask(prompt)
-    return (manager or default_manager()).open(spec, on_event, ask)
+    if ask is None:
+        ask = default_ask(manager.answer_timeout)
+    return manager.open(spec, on_event, ask)

@@ -22,6 +22,7 @@ from IPython.display import display as _display
 
 from .api import make_spec
 from .errors import ConfigError, SpecError, TunnelError, TunnelExists, TunnelNotFound
+from .login.notebook import NotebookAsk
 from .manager import TunnelManager
 from .spec import TunnelSpec, check_name
 from .state import State
@@ -218,7 +219,8 @@ class TunnelMagics(Magics):
                                      f"{existing.name})")
             return existing
         try:
-            tunnel = self.manager.prepare(spec)
+            # a hop's question: an input box under this cell (a password box for a secret)
+            tunnel = self.manager.prepare(spec, ask=NotebookAsk())
         except TunnelError as exc:
             raise _shown_error(exc) from None
         card = self.show(tunnel)

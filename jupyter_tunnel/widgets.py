@@ -321,7 +321,11 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
         lines: list[str] = []
         if self.note:
             lines.append(_span(html.escape(self.note), _GREY))
-        if state is State.FAILED:
+        prompt = info.get("prompt")
+        if prompt:  # the server's words, as text; the input box is under the running cell
+            lines.append(_span(html.escape(f"{prompt['label']} asks: {prompt['text'].strip()} "
+                                           "(answer in the box under the cell)"), _AMBER))
+        elif state is State.FAILED:
             text = (info.get("error") or {}).get("error") or "the tunnel failed"
             lines.append(_span(html.escape(text), _RED))
         elif state is State.CONNECTING:
