@@ -23,6 +23,11 @@ export interface ITunnel {
   problem?: string | null;
   orphaned?: boolean;
   error: ITunnelError | null;
+  /**
+   * The question a hop asks during the login, while it waits for an answer (null
+   * otherwise). Its text comes from a remote server: show it as text, never as HTML.
+   */
+  prompt?: IPrompt | null;
   /** With --resume: what its resumable connections hold (null: it does not resume). */
   resume?: {
     held: number;
@@ -30,6 +35,24 @@ export interface ITunnel {
     connections: number;
     helper_reached: boolean;
   } | null;
+}
+
+/** A question a hop asks during the login (a one-time code, a password, a passphrase). */
+export interface IPrompt {
+  /** Names this question in the answer (a new question has a new id). */
+  id: string;
+  /** The hop's alias, e.g. `unicorn`. */
+  hop: string;
+  /** How to name the hop, e.g. `unicorn (10.0.0.2)`. */
+  label: string;
+  /** The SSH server's own prompt, e.g. "One-time password (OATH) for `root': ". */
+  text: string;
+  /** False for a secret (a password field). */
+  echo: boolean;
+  /** keyboard-interactive, password or passphrase. */
+  kind: string;
+  /** keyboard-interactive's name and instruction lines, if the server sent any. */
+  instructions: string;
 }
 
 /** Why a tunnel failed. */
@@ -139,6 +162,18 @@ export async function openTunnel(body: IOpenRequest): Promise<ITunnel> {
 export async function closeTunnel(name: string): Promise<ITunnel> {
   const reply = await request<ITunnel>(`tunnels/${encodeURIComponent(name)}`, {
     method: 'DELETE'
+  });
+  return reply.data;
+}
+
+/**
+ * Answer the question ``id`` that tunnel ``name`` shows (its `prompt`); the tunnel. The
+ * answer is sent once and kept nowhere here; a 409 says that question no longer waits.
+ */
+export async function answerPrompt(name: string, id: string, answer: string): Promise<ITunnel> {
+  const reply = await request<ITunnel>(`tunnels/${encodeURIComponent(name)}/answer`, {
+    method: 'POST',
+    body: JSON.stringify({ id, answer })
   });
   return reply.data;
 }

@@ -76,8 +76,9 @@ export function progress(t: ITunnel): string {
     case 'detecting':
       return `Looking for a running Jupyter on ${t.target}…`;
     case 'reconnecting':
+      // while a hop asks, its question is shown below (problem only repeats it)
       return `Reconnecting${t.attempt ? ` (attempt ${t.attempt})` : ''}…${
-        t.problem ? ' ' + t.problem : ''
+        t.problem && !t.prompt ? ' ' + t.problem : ''
       }`;
     case 'degraded':
       return t.problem || 'The remote Jupyter does not answer.';

@@ -5,7 +5,15 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, ITunnel, closeTunnel as deleteTunnel, listHosts, listTunnels } from './api';
+import {
+  ApiError,
+  IPrompt,
+  ITunnel,
+  answerPrompt,
+  closeTunnel as deleteTunnel,
+  listHosts,
+  listTunnels
+} from './api';
 import { duration, el, progress, resumeText } from './dom';
 import { OpenForm } from './form';
 
@@ -13,6 +21,8 @@ import { OpenForm } from './form';
 const POLL_MS = 1000;
 /** ... while the server extension is missing. */
 const MISSING_POLL_MS = 10000;
+
+let questionCounter = 0;
 
 /** The side panel. */
 export class TunnelPanel extends Widget {
@@ -43,8 +53,15 @@ export class TunnelPanel extends Widget {
 
   /** Refresh the list now. */
   async refresh(): Promise<void> {
+    // a poll and a refresh after an action may overlap: never show an older list over a
+    // newer one (it would bring back a question already answered)
+    const seq = ++this._sent;
     try {
       const reply = await listTunnels();
+      if (seq < this._shown) {
+        return;
+      }
+      this._shown = seq;
       if (reply.serverTime !== null) {
         this._skew = reply.serverTime - Date.now() / 1000;
       }
@@ -52,6 +69,9 @@ export class TunnelPanel extends Widget {
       this._tunnels = reply.data;
       this._render();
     } catch (error) {
+      if (seq < this._shown) {
+        return;
+      }
       const e = error as ApiError;
       if (e.missing) {
         this._setMissing(e.message);
@@ -238,6 +258,7 @@ export class TunnelPanel extends Widget {
     close.title = ended ? 'Remove it from the list' : `Close tunnel ${t.name}`;
     q('jt-hops').textContent = (t.hops || []).join(' → ');
     q('jt-progress').textContent = progress(t);
+    this._showQuestion(row, t);
     const link = q('jt-link') as HTMLAnchorElement;
     const live = t.url && ['ready', 'degraded', 'reconnecting'].includes(t.state);
     link.hidden = !live;
@@ -270,6 +291,163 @@ export class TunnelPanel extends Widget {
     }
   }
 
+  /**
+   * The question the tunnel's login asks, with a field for the answer. The same question
+   * (same prompt id) keeps its form, so a poll does not wipe what is being typed; a new
+   * one gets a fresh, empty form; none removes it.
+   */
+  private _showQuestion(row: HTMLLIElement, t: ITunnel): void {
+    const shown = row.querySelector('[data-testid="jt-question"]') as HTMLFormElement | null;
+    const prompt = t.prompt ?? null;
+    row.classList.toggle('jp-mod-asking', prompt !== null);
+    if (shown && prompt && shown.dataset.promptId === prompt.id) {
+      return;
+    }
+    const hadFocus = !!shown && shown.contains(document.activeElement);
+    shown?.remove();
+    if (!prompt) {
+      return;
+    }
+    const form = this._questionForm(t, prompt);
+    row.insertBefore(form, row.querySelector('[data-testid="jt-link"]'));
+    // the cursor goes to the answer field, unless it is elsewhere in the page or in a field
+    const active = document.activeElement;
+    const idle =
+      !active ||
+      active === document.body ||
+      (this.node.contains(active) && !['INPUT', 'TEXTAREA', 'SELECT'].includes(active.tagName));
+    const input = form.querySelector('input');
+    if (input && this.isVisible && (hadFocus || idle)) {
+      input.focus();
+    }
+  }
+
+  /**
+   * The form of one question: who asks, the server's words (as text), the answer field.
+   * A tunnel of another process (a --detach open) is answered through the server too; one
+   * that asks on its terminal gets a 409 whose message says so.
+   */
+  private _questionForm(t: ITunnel, prompt: IPrompt): HTMLFormElement {
+    const form = el('form', {
+      class: 'jp-TunnelPanel-question',
+      'data-testid': 'jt-question',
+      'aria-label': `Login question of ${prompt.label || prompt.hop}`
+    });
+    form.dataset.promptId = prompt.id;
+    const who = el('div', { class: 'jp-TunnelPanel-questionWho' });
+    // textContent only: the label and the text come from ssh config and a remote server
+    who.append(
+      el(
+        'span',
+        { class: 'jp-TunnelPanel-questionHop', 'data-testid': 'jt-question-hop' },
+        prompt.label || prompt.hop
+      ),
+      document.createTextNode(' asks:')
+    );
+    form.append(who);
+    if (prompt.instructions && prompt.instructions.trim()) {
+      form.append(
+        el(
+          'div',
+          {
+            class: 'jp-TunnelPanel-questionInstructions',
+            'data-testid': 'jt-question-instructions'
+          },
+          prompt.instructions
+        )
+      );
+    }
+    const inputId = `jt-answer-${++questionCounter}`;
+    form.append(
+      el(
+        'label',
+        { class: 'jp-TunnelPanel-questionText', 'data-testid': 'jt-question-text', for: inputId },
+        prompt.text
+      )
+    );
+    const input = el('input', {
+      id: inputId,
+      class: 'jp-mod-styled jp-TunnelPanel-answer',
+      'data-testid': 'jt-answer',
+      type: prompt.echo ? 'text' : 'password',
+      autocomplete: 'off',
+      autocapitalize: 'off',
+      spellcheck: 'false',
+      'aria-label': `Answer to ${prompt.label || prompt.hop}: ${prompt.text.trim()}`
+    });
+    const button = el(
+      'button',
+      {
+        type: 'submit',
+        class: 'jp-mod-styled jp-mod-accept jp-TunnelPanel-answerButton',
+        'data-testid': 'jt-answer-submit'
+      },
+      'Answer'
+    );
+    const line = el('div', { class: 'jp-TunnelPanel-answerLine' });
+    line.append(input, button);
+    const error = el('div', {
+      class: 'jp-TunnelPanel-error',
+      'data-testid': 'jt-answer-error',
+      role: 'alert'
+    });
+    form.append(line, error);
+    form.addEventListener('submit', event => {
+      event.preventDefault(); // Enter in the field submits too
+      void this._sendAnswer(t.name, prompt.id, input, button, error);
+    });
+    return form;
+  }
+
+  /**
+   * Send what the field holds as the answer. The field is disabled while the request runs
+   * and emptied after it: the answer stays in the page no longer than the request.
+   */
+  private async _sendAnswer(
+    name: string,
+    id: string,
+    input: HTMLInputElement,
+    button: HTMLButtonElement,
+    error: HTMLElement
+  ): Promise<void> {
+    if (input.disabled) {
+      return; // being sent, or sent
+    }
+    if (input.value === '') {
+      // a refused answer fails the login (servers count tries): no empty one by accident
+      error.textContent = 'Type the answer first.';
+      input.focus();
+      return;
+    }
+    error.textContent = '';
+    input.disabled = true;
+    button.disabled = true;
+    button.textContent = 'Sending…';
+    let sent = false;
+    try {
+      await answerPrompt(name, id, input.value);
+      sent = true;
+    } catch (e) {
+      error.textContent = `Not answered: ${(e as Error).message}`;
+    } finally {
+      input.value = '';
+      if (sent) {
+        // this question is answered; the form stays until the next poll replaces it
+        button.textContent = 'Sent';
+      } else {
+        input.disabled = false;
+        button.disabled = false;
+        button.textContent = 'Answer';
+        if (input.isConnected) {
+          input.focus();
+        }
+      }
+    }
+    void this.refresh();
+  }
+
+  private _sent = 0;
+  private _shown = 0;
   private _tunnels: ITunnel[] = [];
   private _rows = new Map<string, HTMLLIElement>();
   private _closeErrors = new Map<string, string>();
