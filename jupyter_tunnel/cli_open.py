@@ -16,7 +16,6 @@ from traitlets import Bool, List, Unicode
 from .cli_answer import Relayed, answer_for_child
 from .cli_base import BaseTunnelApp, common_flags
 from .errors import TunnelError
-from .login.door import door_of
 from .login.questions import Ask
 from .login.terminal import TerminalAsk, terminal_usable
 from .manager import TunnelManager
@@ -152,7 +151,6 @@ jupyter tunnel open beast via unicorn --detach --json
             ask = self._ask(manager)
             tunnel = manager.prepare(spec, _progress(self), ask)
             if isinstance(ask, Relayed):
-                ask.door = door_of(manager.registry.path, tunnel)
                 ask.name = _name_of(tunnel)
             self.say(f"Opening tunnel {tunnel.name}: {' -> '.join(tunnel.hops)}")
             manager.start(tunnel)

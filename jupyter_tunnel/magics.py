@@ -219,8 +219,9 @@ class TunnelMagics(Magics):
                                      f"{existing.name})")
             return existing
         try:
-            # a hop's question: an input box under this cell (a password box for a secret)
-            tunnel = self.manager.prepare(spec, ask=NotebookAsk())
+            # a hop's question: an input box under this cell (a password box for a secret);
+            # a reconnect's while the kernel is idle: the card's answer box
+            tunnel = self.manager.prepare(spec, ask=NotebookAsk(self.manager.answer_timeout + 5))
         except TunnelError as exc:
             raise _shown_error(exc) from None
         card = self.show(tunnel)

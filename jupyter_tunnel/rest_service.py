@@ -22,7 +22,7 @@ from .errors import (
     TunnelExists,
     TunnelNotFound,
 )
-from .login.door import door_of, door_path, knock
+from .login.door import door_path, knock
 from .login.mailbox import Mailbox, check_answer, check_question_id, deliver
 from .manager import TunnelManager
 from .rest_errors import TargetNotAllowed
@@ -228,9 +228,7 @@ class TunnelService:
                 spec = dataclasses.replace(spec, name=self._free_name(spec.default_name(), busy))
             # no person at this server: its tunnels' questions wait for POST …/answer (or
             # for jupyter tunnel answer, through the door)
-            mailbox = Mailbox(self.manager.answer_timeout + 5)
-            tunnel = self.manager.prepare(spec, ask=mailbox)
-            mailbox.door = door_of(self.manager.registry.path, tunnel)
+            tunnel = self.manager.prepare(spec, ask=Mailbox(self.manager.answer_timeout + 5))
             self.check_resolved(tunnel)  # ProxyJump lines may have added hops
             claim = getattr(tunnel, "claim", None)
             if claim is not None:

@@ -15,6 +15,8 @@ from typing import Any
 from . import detect, procinfo
 from .backends import Backend, make_backend
 from .errors import PortInUse, TunnelError
+from .login.door import door_of
+from .login.mailbox import Mailbox
 from .login.questions import Ask, Question
 from .login.waiting import Waiter
 from .registry import Registry
@@ -210,6 +212,8 @@ class Tunnel:
         timeout, the question shown on the tunnel while it waits; None without one."""
         if self.ask is None:
             return None
+        if isinstance(self.ask, Mailbox) and self.ask.door is None and self.registry is not None:
+            self.ask.door = door_of(self.registry.path, self)  # other processes answer too
         return Waiter(self.ask, self.settings.answer_timeout, self._show_question,
                       cancelled=lambda: self.state in TERMINAL)
 

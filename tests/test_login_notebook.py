@@ -6,11 +6,14 @@ one fails the cell naming the hop."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CLI
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager, start_new_kernel
 from test_login_sshtunnel import _registry_text, _sandbox
@@ -116,3 +119,31 @@ def test_open_tunnel_in_a_cell_asks_by_default_and_a_wrong_code_fails_the_cell(
     assert "AnswerRefused" in cell.text and "unicorn" in cell.text, cell.text
     assert "refused" in cell.text, cell.text
     assert wrong not in _registry_text(runtime_dir)
+
+
+def test_a_reconnect_while_the_kernel_is_idle_waits_for_jupyter_tunnel_answer(
+        kernel: BlockingKernelClient, totp_net: Sandbox, runtime_dir: Path) -> None:
+    _setup(kernel, totp_net, "sshtunnel")
+    opened = Cell(kernel, "t = %tunnel beast via unicorn", totp_net.next_code())
+    assert opened.status == "ok", opened.text
+    # a reconnect that starts in the background: its question comes when no cell runs
+    started = Cell(kernel, "import threading\n"
+                           "threading.Thread(target=t.reconnect, daemon=True).start()")
+    assert started.status == "ok" and started.asked == [], started.text
+    cli = CLI(totp_net.ssh_config)
+    deadline = time.monotonic() + 60
+    while not json.loads(cli.run("status", "beast", "--json").stdout).get("prompt"):
+        assert time.monotonic() < deadline, "no question shown"
+        time.sleep(0.2)
+    code = totp_net.next_code()
+    answered = subprocess.run(cli.argv("answer", "beast"), input=code + "\n",
+                              capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stderr
+    back = Cell(kernel, "import time\n"
+                        "while t.state.value != 'ready' or t.reconnects < 1: time.sleep(0.1)\n"
+                        "print(t.reconnects, t.url)")
+    assert back.status == "ok", back.text
+    reconnects, url = back.text.split()
+    assert reconnects == "1" and api_status(url) == 200
+    assert code not in _registry_text(runtime_dir)
+    Cell(kernel, "%tunnel close beast")

@@ -4,9 +4,10 @@ While a cell runs, ipykernel puts its own ``getpass.getpass`` and ``input`` in p
 send the question to the notebook, which shows an input box under the cell (a password box
 for ``getpass``), and return what the person typed.  :class:`NotebookAsk` asks through
 them, the hop named, from the tunnel's asking thread (ipykernel routes that thread's
-request to the running cell).  When no cell runs (a reconnect while the kernel is idle) no
-one can be asked: :class:`~jupyter_tunnel.errors.AnswerNeeded` says to open again.
-Nothing here imports Jupyter: the kernel's functions are found where it puts them.
+request to the running cell).  When no cell runs (a reconnect while the kernel is idle)
+the question waits in the ask's mailbox instead: the tunnel's card shows an answer box
+for it, and ``jupyter tunnel answer`` reaches it too.  Nothing here imports Jupyter: the
+kernel's functions are found where it puts them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import getpass
 from collections.abc import Callable
 
 from ..errors import AnswerNeeded
+from .mailbox import Mailbox
 from .questions import Ask, Question
 from .terminal import TerminalAsk, terminal_usable
 
@@ -28,15 +30,14 @@ def kernel_input() -> tuple[Callable[..., str], Callable[..., str]] | None:
     return getpass.getpass, builtins.input
 
 
-class NotebookAsk:
-    """An :data:`~.questions.Ask` through the running cell's input box."""
+class NotebookAsk(Mailbox):
+    """An :data:`~.questions.Ask` through the running cell's input box, or (no cell runs)
+    a mailbox that the card's answer box and ``jupyter tunnel answer`` answer."""
 
     def __call__(self, question: Question) -> str:
         found = kernel_input()
         if found is None:
-            raise AnswerNeeded(f"{question.display.strip()} — and no cell is running to ask "
-                               "in: open the tunnel again (%tunnel …) to answer it",
-                               hop=question.hop)
+            return super().__call__(question)
         secret, plain = found
         text = question.display.rstrip() + " "
         if question.instructions:
@@ -52,7 +53,7 @@ def default_ask(timeout: float) -> Ask | None:
     """Who answers when the caller named no one: the notebook while a cell runs, else the
     terminal if there is one, else no one."""
     if kernel_input() is not None:
-        return NotebookAsk()
+        return NotebookAsk(timeout + 5)
     if terminal_usable():
         return TerminalAsk(timeout)
     return None
