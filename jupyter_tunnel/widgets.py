@@ -20,6 +20,7 @@ import ipywidgets as widgets  # type: ignore[import-untyped]
 from .humanize import human_bytes, human_duration, resume_text
 from .state import State
 from .tunnel import Tunnel
+from .widgets_answer import AnswerBox, waits_here
 
 log = logging.getLogger("jupyter_tunnel")
 
@@ -135,6 +136,7 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
         self.link = _html("jt-url")
         self.stats = _html("jt-stats")
         self.message = _html("jt-message")
+        self.answer = AnswerBox(tunnel)  # a question no running cell can ask
         self.close_button = widgets.Button(description="Close", icon="times",
                                            tooltip="Close the tunnel",
                                            layout=widgets.Layout(width="auto"))
@@ -148,7 +150,7 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
             children=[
                 widgets.HBox([self.badge, self.title], layout=row),
                 widgets.HBox([self.hops, self.progress], layout=row),
-                self.link, self.stats, self.message,
+                self.link, self.stats, widgets.VBox([self.message, self.answer]),
                 widgets.HBox([self.close_button, self.reconnect_button], layout=row),
             ],
             layout=widgets.Layout(border="1px solid #d0d0d0", padding="6px 12px",
@@ -239,7 +241,9 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
                 else "none")
             self.link.value = self._link(info, state)
             self.stats.value = self._stats(info, state)
-            self.message.value = self._message(info, state)
+            here = waits_here(t, info.get("prompt"))
+            self.answer.show(info.get("prompt") if here else None)
+            self.message.value = self._message(info, state, here)
             self.close_button.disabled = state in DONE
             if state in DONE:
                 self.close_button.description = "Closed" if state is State.CLOSED else "Close"
@@ -316,15 +320,16 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
             parts.append(resume)
         return f"<span style='color:{_GREY}'>{' · '.join(parts)}</span>"
 
-    def _message(self, info: dict[str, Any], state: State) -> str:
+    def _message(self, info: dict[str, Any], state: State, here: bool = False) -> str:
         t = self.tunnel
         lines: list[str] = []
         if self.note:
             lines.append(_span(html.escape(self.note), _GREY))
         prompt = info.get("prompt")
-        if prompt:  # the server's words, as text; the input box is under the running cell
+        if prompt:  # the server's words, as text; answered on the card or under the cell
+            where = "answer it here" if here else "answer in the box under the cell"
             lines.append(_span(html.escape(f"{prompt['label']} asks: {prompt['text'].strip()} "
-                                           "(answer in the box under the cell)"), _AMBER))
+                                           f"({where})"), _AMBER))
         elif state is State.FAILED:
             text = (info.get("error") or {}).get("error") or "the tunnel failed"
             lines.append(_span(html.escape(text), _RED))
