@@ -3,8 +3,9 @@ cell ran to ask in (the card's Reconnect, or an automatic reconnect, while the k
 idle), is answered on the card itself.
 
 The box belongs to one question (its id): a new question gets a fresh empty box, none hides
-it.  The field syncs only on Enter or when it loses the cursor (``continuous_update`` off);
-its value is emptied as soon as it arrives and handed to
+it.  Only **Answer** sends: a half-typed code must not go when the cursor leaves the field
+(a refused answer fails the login, and servers count tries), so the field syncs as it is
+typed and no sync sends anything.  On Answer its value is emptied and handed to
 :func:`~jupyter_tunnel.login.mailbox.deliver` in a thread of its own.  Answers are never
 logged or kept; the server's words are shown as text.
 """
@@ -51,7 +52,7 @@ class AnswerBox(widgets.HBox):  # type: ignore[misc]
         self._id: str | None = None  # the question the box is for
         self._busy = False  # an answer is on its way, or was taken
         self._tried = False  # an answer was sent for this question
-        self.field = self._field(None, echo=False, placeholder="")
+        self.field = self._field(echo=False, placeholder="")
         self.button = widgets.Button(description="Answer", tooltip="Send the answer",
                                      layout=widgets.Layout(width="auto"))
         self.button.add_class("jt-answer-button")
@@ -62,17 +63,12 @@ class AnswerBox(widgets.HBox):  # type: ignore[misc]
         self.add_class("jt-answer")
         self.button.on_click(lambda _b: self.submit())
 
-    def _field(self, question_id: str | None, *, echo: bool, placeholder: str) -> Any:
+    @staticmethod
+    def _field(*, echo: bool, placeholder: str) -> Any:
         field = (widgets.Text if echo else _Secret)(
-            value="", placeholder=placeholder, continuous_update=False,
+            value="", placeholder=placeholder, continuous_update=True,
             layout=widgets.Layout(width="260px"))
         field.add_class("jt-answer-field")
-
-        def typed(change: dict[str, Any]) -> None:
-            if change["new"] and question_id is not None:
-                self._deliver(field, question_id)
-
-        field.observe(typed, "value")
         return field
 
     def show(self, prompt: dict[str, Any] | None) -> None:
@@ -91,15 +87,14 @@ class AnswerBox(widgets.HBox):  # type: ignore[misc]
                 self.layout.display = "none"
                 return
             text = str(prompt.get("text") or "").strip().rstrip(":").strip()
-            self.field = self._field(question_id, echo=bool(prompt.get("echo")),
+            self.field = self._field(echo=bool(prompt.get("echo")),
                                      placeholder=text[:60] or "the answer")
             self.children = [self.field, self.button, self.error]
             self.layout.display = None
         old.close()
 
     def submit(self) -> None:
-        """The Answer button: send what the field holds (it syncs as the cursor leaves it,
-        so its value has normally been sent already)."""
+        """The Answer button: send what the field holds."""
         with self._lock:
             if self.field.value:
                 self._deliver(self.field, self._id)

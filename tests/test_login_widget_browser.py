@@ -3,8 +3,8 @@ beast via unicorn`, where unicorn wants a one-time code after the key.  While th
 JupyterLab's password box under the cell asks (the card says to answer there).  Later, with
 the kernel idle, the card's Reconnect makes unicorn ask again: no cell runs, so the card
 itself shows the question ("answer it here") with a password field and Answer; the code
-typed there (Answer, or Enter in a fresh box the next time) reconnects the tunnel and
-leaves no field holding it.
+typed there reconnects the tunnel on Answer (never as the cursor leaves the field: a
+half-typed code would be refused) and leaves no field holding it.
 
 Screenshots land in test-artifacts/login-widget/.
 """
@@ -121,15 +121,20 @@ def test_a_reconnect_while_the_kernel_is_idle_is_answered_on_the_card(
         assert code not in _registry_text(runtime_dir)
         card.screenshot(path=str(artifact("login-widget/card-ready-again.png")))
 
-        step = "a second Reconnect, answered with Enter in a fresh box"
+        step = "a second Reconnect: a fresh box; leaving the field sends nothing"
         idle.wait_for()
         card.locator(".jt-reconnect").click()
         expect(message).to_contain_text("answer it here", timeout=WAIT)
         expect(field).to_have_value("")
         expect(field).to_be_enabled()
+        field.fill("12")
+        field.press("Tab")  # the cursor leaves the half-typed code
+        card.locator(".jt-stats").click()
+        expect(message).to_contain_text("answer it here")  # the question still waits
+        expect(field).to_have_value("12")
         code = totp_net.next_code()
         field.fill(code)
-        field.press("Enter")
+        box.locator(".jt-answer-button").click()
         expect(card.locator(".jt-stats")).to_contain_text(re.compile(r"\b2 reconnects\b"),
                                                          timeout=WAIT)
         ready.wait_for()
