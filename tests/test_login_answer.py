@@ -25,10 +25,11 @@ from test_faults import assert_left_nothing
 from test_login_sshtunnel import _read_until, _registry_text, _sandbox, _secret_in_processes
 from test_open import api_status
 
-from jupyter_tunnel.errors import NoQuestionWaiting, TunnelError
+from jupyter_tunnel.errors import AnswerTimeout, NoQuestionWaiting, TunnelError
 from jupyter_tunnel.login.door import Door, knock
 from jupyter_tunnel.login.mailbox import Mailbox
 from jupyter_tunnel.login.questions import Question
+from jupyter_tunnel.login.waiting import Waiter
 from jupyter_tunnel.sandbox import Sandbox
 
 
@@ -77,6 +78,19 @@ def test_the_door_takes_the_answer_to_the_waiting_question_only(tmp_path: Path) 
     thread.join(5)
     assert got == ["123456"]
     assert not path.exists()  # closed once no question waits
+
+
+def test_a_question_given_up_closes_its_door_before_the_error(tmp_path: Path) -> None:
+    # the process may exit right after the error: its socket must already be gone
+    folder = tmp_path / "jupyter_tunnel-test"
+    path = folder / "door.sock"
+    mailbox = Mailbox(limit=60, door=lambda: path)
+    question = Question(hop="unicorn", label="unicorn (10.0.0.2)", text="Code: ")
+    with pytest.raises(AnswerTimeout, match=r"within 0\.5 s"):
+        Waiter(mailbox, 0.5, lambda _q: None)(question)
+    assert not path.exists() and not folder.exists()
+    with pytest.raises(NoQuestionWaiting, match="no longer waits"):
+        mailbox.answer(question.id, "123456")
 
 
 def test_another_user_cannot_answer(tmp_path: Path) -> None:

@@ -89,11 +89,7 @@ class Mailbox:
         finally:
             with self._cond:
                 del self._slots[question.id]
-                door = self._open_door if not self._slots else None
-                if door is not None:
-                    self._open_door = None
-            if door is not None:
-                door.close()  # not under the lock: its thread may be handing in an answer
+            self._close_door_if_idle()
         answer, slot.answer = slot.answer, None
         if answer is None:
             raise TunnelError(f"no answer came for {question.label}'s question", hop=question.hop)
@@ -116,6 +112,17 @@ class Mailbox:
             slot.answer = answer
             self._cond.notify_all()
 
+    def withdraw(self, question_id: str) -> None:
+        """The asker gave up on ``question_id`` (the answer timeout, a close): it takes no
+        answer any more, and the door closes now if no other question waits (this process
+        may be about to exit: the socket must not be left behind)."""
+        with self._cond:
+            slot = self._slots.get(question_id)
+            if slot is not None:
+                slot.closed = True
+                self._cond.notify_all()
+        self._close_door_if_idle()
+
     def close(self) -> None:
         """End every wait (the tunnel is closing); later questions fail at once."""
         with self._cond:
@@ -123,6 +130,15 @@ class Mailbox:
             for slot in self._slots.values():
                 slot.closed = True
             self._cond.notify_all()
+        self._close_door_if_idle()
+
+    def _close_door_if_idle(self) -> None:
+        with self._cond:
+            door = self._open_door
+            if door is None or any(not slot.closed for slot in self._slots.values()):
+                return
+            self._open_door = None
+        door.close()  # not under the lock: its thread may be handing in an answer
 
     def _open(self) -> None:
         if self.door is None or self._open_door is not None:

@@ -66,6 +66,9 @@ class Waiter:
                         "(TunnelManager.answer_timeout sets the limit)", hop=question.hop)
         finally:
             self.show(None)
+            withdraw = getattr(self.front, "withdraw", None)
+            if not done.is_set() and withdraw is not None:
+                withdraw(question.id)  # a front end that holds the question lets it go now
         ok, value = outcome[0]
         if not ok:
             if isinstance(value, TunnelError):
