@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from jupyter_tunnel.sandbox import SSHD, Sandbox
+from jupyter_tunnel.sandbox_procs import SandboxError
 
 REQUIRE_NETWORK = os.environ.get("JT_REQUIRE_NETWORK") == "1"
 #: the backend of every tunnel the tests open, in process or through the CLI (its child
@@ -77,6 +78,28 @@ def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(path))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     return path
+
+
+def login_sandbox(**options: Any) -> Sandbox:
+    """A sandbox whose logins ask (``totp``, ``password``, ``key_passphrase``: see Sandbox);
+    needs root and sshd (a PAM service, a test user)."""
+    if not os.path.exists(SSHD) or os.geteuid() != 0:
+        need("these logins need root and sshd (a PAM service, a test user)")
+    sandbox = Sandbox(prefix=f"jtl{os.getpid() % 10000}{'t' if options.get('totp') else 'p'}",
+                      **options)
+    try:
+        sandbox.start()
+    except SandboxError as exc:
+        need(str(exc))
+    return sandbox
+
+
+@pytest.fixture(scope="module")
+def totp_net() -> Iterator[Sandbox]:
+    """unicorn wants the key and then a TOTP code (``next_code()``); beast runs Jupyter."""
+    sandbox = login_sandbox(totp=True)
+    yield sandbox
+    sandbox.stop()
 
 
 class CLI:

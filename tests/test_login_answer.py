@@ -16,13 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import CLI
 from test_faults import assert_left_nothing
-from test_login_sshtunnel import _read_until, _registry_text, _sandbox, _secret_in_processes
+from test_login_sshtunnel import _read_until, _registry_text, _secret_in_processes
 from test_open import api_status
 
 from jupyter_tunnel.errors import AnswerTimeout, NoQuestionWaiting, TunnelError
@@ -31,15 +30,6 @@ from jupyter_tunnel.login.mailbox import Mailbox
 from jupyter_tunnel.login.questions import Question
 from jupyter_tunnel.login.waiting import Waiter
 from jupyter_tunnel.sandbox import Sandbox
-
-
-@pytest.fixture(scope="module")
-def totp_net() -> Iterator[Sandbox]:
-    """unicorn wants the key and then a TOTP code; beast runs Jupyter."""
-    sandbox = _sandbox(totp=True)
-    yield sandbox
-    sandbox.stop()
-
 
 # --- the door, without a network ----------------------------------------------------------
 

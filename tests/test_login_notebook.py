@@ -16,7 +16,7 @@ import pytest
 from conftest import CLI
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager, start_new_kernel
-from test_login_sshtunnel import _registry_text, _sandbox
+from test_login_sshtunnel import _registry_text
 from test_magics import kernel_env
 from test_open import api_status
 
@@ -24,13 +24,6 @@ from jupyter_tunnel.sandbox import Sandbox
 
 pytestmark = pytest.mark.network
 
-
-@pytest.fixture(scope="module")
-def totp_net() -> Iterator[Sandbox]:
-    """unicorn wants the key and then a TOTP code; beast runs Jupyter."""
-    sandbox = _sandbox(totp=True)
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

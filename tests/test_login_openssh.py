@@ -4,7 +4,6 @@ a wrong answer is refused cleanly; no answer lands in a log, argv or environment
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import stat
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -301,19 +299,6 @@ def test_without_ask_a_locked_key_fails_without_asking(
 
 
 # a jump host that wants a one-time code after the key (the sandbox's TOTP option) -----
-@pytest.fixture(scope="module")
-def totp_net() -> Iterator[Sandbox]:
-    """The sandbox with unicorn asking for a TOTP code after the key (pam_oath)."""
-    if "totp" not in inspect.signature(Sandbox).parameters:
-        pytest.skip("the sandbox has no TOTP jump host option yet (Sandbox(totp=True))")
-    sandbox = Sandbox(prefix=f"jto{os.getpid() % 10000}", totp=True)  # type: ignore[call-arg]
-    sandbox.start()
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop()
-
-
 def _http_status(port: int, token: str) -> int:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status",
                                      headers={"Authorization": f"token {token}"})

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from browser import Lab, artifact
-from test_login_sshtunnel import _sandbox
 from test_panel import local_port, open_panel, tid
 
 from jupyter_tunnel.sandbox import Sandbox
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.network
 
 BACKENDS = ["openssh", "sshtunnel"]
 
-
-@pytest.fixture(scope="module")
-def totp_net() -> Iterator[Sandbox]:
-    """unicorn wants the key and then a TOTP code; beast runs Jupyter."""
-    sandbox = _sandbox(totp=True)
-    yield sandbox
-    sandbox.stop()
 
 
 def asking_lab(lab_factory: Callable[..., Lab], net: Sandbox, backend: str) -> Lab:

@@ -12,13 +12,11 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CLI
-from test_login_sshtunnel import _sandbox
 from test_rest import call, registry_files, status_through, until
 
 from jupyter_tunnel.rest_service import TunnelService
@@ -27,13 +25,6 @@ from jupyter_tunnel.sandbox import Sandbox
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 pytestmark = pytest.mark.network
 
-
-@pytest.fixture(scope="module")
-def totp_net() -> Iterator[Sandbox]:
-    """unicorn wants the key and then a TOTP code; beast runs Jupyter."""
-    sandbox = _sandbox(totp=True)
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

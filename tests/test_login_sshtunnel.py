@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, need
+from conftest import CLI, login_sandbox
 from test_faults import assert_left_nothing
 
 from jupyter_tunnel import open_tunnel
@@ -31,8 +31,7 @@ from jupyter_tunnel.backends.sshtunnel_backend import SSHTunnelBackend
 from jupyter_tunnel.errors import AnswerNeeded, AnswerRefused, AnswerTimeout
 from jupyter_tunnel.login.questions import Question
 from jupyter_tunnel.manager import TunnelManager
-from jupyter_tunnel.sandbox import SSHD, Sandbox
-from jupyter_tunnel.sandbox_procs import SandboxError
+from jupyter_tunnel.sandbox import Sandbox
 from jupyter_tunnel.spec import Hop
 from jupyter_tunnel.sshconfig import ResolvedHop, SSHConfig, resolve_chain
 from jupyter_tunnel.state import State
@@ -41,22 +40,10 @@ pytestmark = pytest.mark.network
 PASSPHRASE = "a test passphrase 42"
 
 
-def _sandbox(**options: Any) -> Sandbox:
-    if not os.path.exists(SSHD) or os.geteuid() != 0:
-        need("these logins need root and sshd (a PAM service, a test user)")
-    sandbox = Sandbox(prefix=f"jtl{os.getpid() % 10000}{'t' if options.get('totp') else 'p'}",
-                      **options)
-    try:
-        sandbox.start()
-    except SandboxError as exc:
-        need(str(exc))
-    return sandbox
-
-
 @pytest.fixture(scope="module")
 def totp_net() -> Iterator[Sandbox]:
     """unicorn wants the key and then a TOTP code; beast runs Jupyter."""
-    sandbox = _sandbox(totp=True)
+    sandbox = login_sandbox(totp=True)
     yield sandbox
     sandbox.stop()
     assert not os.path.lexists(f"/usr/local/sbin/sshd-{sandbox.prefix}-unicorn")
@@ -66,7 +53,7 @@ def totp_net() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def pw_net() -> Iterator[Sandbox]:
     """unicorn-pw: a password login; unicorn-locked: the key behind a passphrase."""
-    sandbox = _sandbox(password=True, key_passphrase=PASSPHRASE, jupyter=False)
+    sandbox = login_sandbox(password=True, key_passphrase=PASSPHRASE, jupyter=False)
     user = sandbox.password_user
     yield sandbox
     sandbox.stop()

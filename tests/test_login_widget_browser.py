@@ -12,14 +12,14 @@ Screenshots land in test-artifacts/login-widget/.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 from browser import Lab, artifact
-from test_login_sshtunnel import _registry_text, _sandbox
+from test_login_sshtunnel import _registry_text
 
 from jupyter_tunnel.sandbox import Sandbox
 
@@ -28,13 +28,6 @@ pytest_plugins = ["browser"]
 
 WAIT = 60_000  # ms: a login through the sandbox plus a busy machine
 
-
-@pytest.fixture(scope="module")
-def totp_net() -> Iterator[Sandbox]:
-    """unicorn wants the key and then a TOTP code; beast runs Jupyter."""
-    sandbox = _sandbox(totp=True)
-    yield sandbox
-    sandbox.stop()
 
 
 def any_input_holds(page: Any, text: str) -> bool:

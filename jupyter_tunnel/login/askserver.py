@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -26,10 +25,10 @@ from pathlib import Path
 
 from ..errors import AnswerNeeded, TunnelError
 from .questions import Ask, Question
+from .unix_socket import connections, listen_private, peer, read_line
 
 log = logging.getLogger(__name__)
 
-_UCRED = struct.Struct("3i")  # pid, uid, gid
 _LIMIT = 1 << 16
 
 
@@ -73,29 +72,13 @@ class AskServer:
         self._conns: set[socket.socket] = set()
         self._waited = 0.0  # seconds spent in ask() by questions already answered
         self._asking: dict[int, float] = {}  # questions being asked: when each started
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._sock.bind(str(path))
-            os.chmod(path, 0o600)  # the folder is 0700: no one else could reach it meanwhile
-            self._sock.listen(8)
-            self._sock.settimeout(0.2)
-        except BaseException:
-            self._sock.close()
-            raise
+        self._sock = listen_private(path, 8)
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name="jupyter_tunnel-askpass")
         self._thread.start()
 
     def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
+        for conn in connections(self._sock, self._closed.is_set):
             with self._lock:
                 if self._closed.is_set():
                     conn.close()
@@ -123,19 +106,13 @@ class AskServer:
             conn.close()
 
     def _read(self, conn: socket.socket) -> Request | None:
-        pid, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                    _UCRED.size))
+        pid, uid = peer(conn)
         if uid != os.getuid():
             log.warning("askpass request from uid %d refused", uid)
             return None
-        data = bytearray()
-        while b"\n" not in data and len(data) < _LIMIT:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        line = read_line(conn, _LIMIT)
         try:
-            body = json.loads(bytes(data).split(b"\n", 1)[0].decode())
+            body = json.loads(line.decode())
             prompt, hint = str(body["prompt"]), str(body.get("hint", ""))
             sent = body.get("ppid")
         except (ValueError, KeyError, TypeError):

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -27,10 +26,10 @@ from typing import Any
 
 from ..backends.openssh_files import secure_dir
 from ..errors import NoQuestionWaiting, TunnelError
+from .unix_socket import connections, listen_private, peer, read_line
 
 log = logging.getLogger(__name__)
 
-_UCRED = struct.Struct("3i")  # pid, uid, gid
 _LIMIT = 16384
 #: folders of ours that a door removes when it leaves them empty
 _FOLDER_PREFIX = "jupyter_tunnel-"
@@ -64,54 +63,32 @@ class Door:
     def __init__(self, path: Path, take: Callable[[str, str], None]) -> None:
         self.path, self._take = path, take
         self._closed = threading.Event()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            for attempt in (1, 2):
-                secure_dir(path.parent)
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # left by a process killed while a question waited
-                try:
-                    self._sock.bind(str(path))
-                    break
-                except FileNotFoundError:  # another door removed the folder just now
-                    if attempt == 2:
-                        raise
-            os.chmod(path, 0o600)
-            self._sock.listen(4)
-            self._sock.settimeout(0.2)
-        except BaseException:
-            self._sock.close()
-            raise
+        for attempt in (1, 2):
+            secure_dir(path.parent)
+            try:
+                self._sock = listen_private(path, 4)
+                break
+            except FileNotFoundError:  # another door removed the folder just now
+                if attempt == 2:
+                    raise
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name="jupyter_tunnel-answers")
         self._thread.start()
 
     def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
+        for conn in connections(self._sock, self._closed.is_set):
             with conn, contextlib.suppress(OSError):
                 conn.settimeout(5)
                 conn.sendall(json.dumps(self._handle(conn)).encode() + b"\n")
 
     def _handle(self, conn: socket.socket) -> dict[str, object]:
-        _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                  _UCRED.size))
+        _, uid = peer(conn)
         if uid != os.getuid():
             log.warning("an answer from uid %d was refused", uid)
             return {"error": "refused: not the tunnel's user", "kind": "not-allowed"}
-        data = bytearray()
-        while b"\n" not in data and len(data) < _LIMIT:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        line = read_line(conn, _LIMIT)
         try:
-            body = json.loads(bytes(data).split(b"\n", 1)[0].decode())
+            body = json.loads(line.decode())
             question_id, answer = body["id"], body["answer"]
         except (ValueError, KeyError, TypeError):
             return {"error": "a malformed answer request", "kind": "bad-request"}
