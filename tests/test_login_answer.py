@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -105,6 +106,35 @@ def test_another_user_cannot_answer(tmp_path: Path) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         door.close()
+
+
+def test_the_terminal_hides_a_secret_before_it_shows_the_question(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # an answer typed (or pasted) the moment the prompt shows must be neither echoed nor
+    # dropped: the echo goes off before the prompt is written (as ssh's readpassphrase)
+    from jupyter_tunnel.login import terminal
+
+    master, slave = pty.openpty()
+    monkeypatch.setattr(terminal, "TTY", os.ttyname(slave))
+    echo_at_prompt: list[bool] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if b"asks:" in data:
+            echo_at_prompt.append(bool(termios.tcgetattr(fd)[3] & termios.ECHO))
+            real_write(master, b"123456\n")  # typed at once
+        return real_write(fd, data)
+
+    monkeypatch.setattr(terminal.os, "write", write)
+    try:
+        question = Question(hop="unicorn", label="unicorn (10.0.0.2)", text="Code: ")
+        assert terminal.TerminalAsk(10)(question) == "123456"
+        assert echo_at_prompt == [False]
+        shown = os.read(master, 4096)
+        assert b"asks: Code:" in shown and b"123456" not in shown
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_answer_says_why_it_cannot(totp_net: Sandbox) -> None:

@@ -65,15 +65,18 @@ class TerminalAsk:
                 os.close(fd)
 
     def _ask(self, fd: int, question: Question) -> str:
-        if question.instructions:
-            os.write(fd, (question.instructions.rstrip() + "\n").encode())
-        os.write(fd, (question.display + " ").encode())
         if not question.echo:
+            # echo off before the prompt shows, as ssh's readpassphrase does: the flush
+            # drops only what was typed before it (set after the prompt, an answer typed at
+            # once was echoed, then thrown away by the flush, and the question hung)
             old = termios.tcgetattr(fd)
             new = list(old)
             new[3] = int(new[3]) & ~termios.ECHO  # lflag
             termios.tcsetattr(fd, termios.TCSAFLUSH, new)
             self._saved = (fd, old)
+        if question.instructions:
+            os.write(fd, (question.instructions.rstrip() + "\n").encode())
+        os.write(fd, (question.display + " ").encode())
         data = b""
         end = time.monotonic() + self.timeout if self.timeout > 0 else None
         try:
