@@ -16,17 +16,24 @@ POLL = 0.2
 
 
 def listen_private(path: Path, backlog: int) -> socket.socket:
-    """A listening socket at ``path`` (a file left there before is removed), mode 0600."""
+    """A listening socket at ``path`` (a file left there before is replaced), mode 0600.
+
+    It is made under a temporary name and renamed into place once it listens, mode set:
+    whoever finds ``path`` can connect (no window with the umask's mode, or refused)."""
+    tmp = path.with_name(f".{path.name}")
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # left by a process killed while it listened
+        tmp.unlink()  # left by a process killed while it made one
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
-        os.chmod(path, 0o600)  # the folder is 0700: no one else could reach it meanwhile
+        sock.bind(str(tmp))
+        os.chmod(tmp, 0o600)  # the folder is 0700: no one else could reach it meanwhile
         sock.listen(backlog)
         sock.settimeout(POLL)
+        os.replace(tmp, path)  # a file left at path by a killed process goes too
     except BaseException:
         sock.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise
     return sock
 
