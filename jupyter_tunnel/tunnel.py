@@ -212,8 +212,10 @@ class Tunnel:
         timeout, the question shown on the tunnel while it waits; None without one."""
         if self.ask is None:
             return None
-        if isinstance(self.ask, Mailbox) and self.ask.door is None and self.registry is not None:
-            self.ask.door = door_of(self.registry.path, self)  # other processes answer too
+        if isinstance(self.ask, Mailbox):
+            if self.ask.door is None and self.registry is not None:
+                self.ask.door = door_of(self.registry.path, self)  # other processes answer too
+            self.ask.on_wait = lambda: self._emit("prompt")  # views: it waits there now
         return Waiter(self.ask, self.settings.answer_timeout, self._show_question,
                       cancelled=lambda: self.state in TERMINAL)
 

@@ -70,6 +70,9 @@ class Mailbox:
         self._slots: dict[str, _Slot] = {}
         self._closed = False
         self._open_door: Door | None = None
+        #: called once a question waits here (after the tunnel showed it): a view that
+        #: offers an answer box for questions held here can show it now
+        self.on_wait: Callable[[], None] = lambda: None
 
     def __call__(self, question: Question) -> str:
         slot = _Slot(question)
@@ -80,6 +83,7 @@ class Mailbox:
             self._slots[question.id] = slot
             self._open()
         try:
+            self.on_wait()
             with self._cond:
                 while slot.answer is None and not slot.closed:
                     left = end - time.monotonic()
