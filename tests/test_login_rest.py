@@ -195,3 +195,24 @@ async def test_the_panel_answers_a_tunnel_that_a_detached_cli_opens(
             "close", "--all", f"--TunnelManager.registry_dir={registry}"),
             capture_output=True, timeout=60)
     assert registry_files(service) == []
+
+
+@pytest.mark.parametrize("backend", ["openssh"])
+async def test_jupyter_tunnel_answer_answers_a_tunnel_the_panel_opens(
+        jp_fetch: Any, service: TunnelService, totp_net: Sandbox) -> None:
+    registry = f"--TunnelManager.registry_dir={service.manager.registry.path}"
+    code, opened, _ = await call(jp_fetch, "POST", "tunnels",
+                                 body={"target": "beast", "via": ["unicorn"]})
+    assert code == 201, opened
+    await _until_asked(jp_fetch, "beast")
+    secret = totp_net.next_code()
+    answered = await asyncio.to_thread(
+        subprocess.run, CLI(totp_net.ssh_config).argv("answer", "beast", registry),
+        input=secret + "\n", capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stderr
+    assert "unicorn (" in answered.stderr and "Answered unicorn (" in answered.stderr
+    ready = await until(jp_fetch, "beast", {"ready", "failed"}, timeout=60)
+    assert ready["state"] == "ready", ready["error"]
+    assert await status_through(ready["url"]) == 200
+    assert (await call(jp_fetch, "DELETE", "tunnels", "beast"))[0] == 200
+    assert registry_files(service) == []
