@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ports, procinfo
+from .login.door import sweep_doors
 from .registry import Registry
 
 
@@ -180,4 +181,5 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
         removed += [{"name": n, "pid": None, "owner": None, "why": why}
                     for n, why in registry.remove_debris()]
         _sweep_masters()
+        sweep_doors(registry.path)  # of processes killed while a question waited
     return {"removed": removed, "ended": ended, "left": left}

@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -231,3 +232,23 @@ def test_detach_on_a_terminal_asks_before_it_detaches(
         os.close(fd)
         cli.run("close", "--all")
     assert_left_nothing(runtime_dir)
+
+
+def test_cleanup_removes_the_doors_of_killed_processes(tmp_path: Path) -> None:
+    from jupyter_tunnel.login.door import door_path
+    from jupyter_tunnel.manager import TunnelManager
+
+    manager = TunnelManager(registry_dir=str(tmp_path / "registry"))
+    stale, live = (door_path(manager.registry.path, n) for n in ("killed", "asking"))
+    stale.parent.mkdir(mode=0o700)
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))  # its process was killed: the file stays, nothing listens
+    dead.close()
+    door = Door(live, lambda question_id, answer: None)
+    try:
+        manager.cleanup()
+        assert not stale.exists() and live.exists()  # a door still open is left alone
+    finally:
+        door.close()
+    assert not live.parent.exists()  # the last door took the folder with it
+    manager.cleanup()  # nothing to do: no error

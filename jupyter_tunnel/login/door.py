@@ -56,6 +56,30 @@ def door_of(registry_dir: Path, tunnel: Any) -> Callable[[], Path]:
     return lambda: door_path(registry_dir, tunnel.name)
 
 
+def sweep_doors(registry_dir: Path) -> list[Path]:
+    """Remove the doors of the registry at ``registry_dir`` that nothing listens on any
+    more (their process was killed while a question waited), and their folder once empty;
+    the paths removed."""
+    folder = door_path(registry_dir, "-").parent
+    gone: list[Path] = []
+    with contextlib.suppress(OSError):
+        for path in sorted(folder.iterdir()):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                try:
+                    probe.connect(str(path))
+                    continue  # a live door: its process answers
+                except (ConnectionRefusedError, FileNotFoundError):
+                    pass
+                except OSError:
+                    continue  # not a socket of ours to judge
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                gone.append(path)
+        folder.rmdir()
+    return gone
+
+
 class Door:
     """Serves answer requests at ``path`` until :meth:`close`; ``take(id, answer)`` hands
     each to the waiting question (raising :class:`TunnelError` to refuse it)."""
