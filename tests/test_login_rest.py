@@ -216,3 +216,26 @@ async def test_jupyter_tunnel_answer_answers_a_tunnel_the_panel_opens(
     assert await status_through(ready["url"]) == 200
     assert (await call(jp_fetch, "DELETE", "tunnels", "beast"))[0] == 200
     assert registry_files(service) == []
+
+
+@pytest.mark.parametrize("backend", ["sshtunnel"])
+async def test_a_reconnect_asks_again_through_the_panel(
+        jp_fetch: Any, service: TunnelService, totp_net: Sandbox) -> None:
+    code, opened, _ = await call(jp_fetch, "POST", "tunnels",
+                                 body={"target": "beast", "via": ["unicorn"]})
+    assert code == 201, opened
+    first = (await _until_asked(jp_fetch, "beast"))["prompt"]
+    assert (await _answer(jp_fetch, "beast", {"id": first["id"],
+                                              "answer": totp_net.next_code()}))[0] == 202
+    assert (await until(jp_fetch, "beast", {"ready", "failed"}, timeout=60))["state"] == "ready"
+    service.manager.get("beast").reconnect()  # as after a network change
+    await until(jp_fetch, "beast", {"reconnecting"})
+    waiting = await _until_asked(jp_fetch, "beast")
+    assert waiting["state"] == "reconnecting" and waiting["prompt"]["id"] != first["id"]
+    assert waiting["problem"].startswith("waiting for an answer: unicorn"), waiting
+    assert (await _answer(jp_fetch, "beast", {"id": waiting["prompt"]["id"],
+                                              "answer": totp_net.next_code()}))[0] == 202
+    back = await until(jp_fetch, "beast", {"ready", "failed"}, timeout=60)
+    assert back["state"] == "ready" and back["reconnects"] == 1, back
+    assert await status_through(back["url"]) == 200
+    assert (await call(jp_fetch, "DELETE", "tunnels", "beast"))[0] == 200
