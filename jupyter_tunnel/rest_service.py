@@ -327,7 +327,6 @@ class TunnelService:
                 started = id(mine) in self._started
         if mine is None:
             return self.manager.close(name)
-        _release(mine)
         if mine.state in _ENDED:
             record = self.view(mine)  # a failed open, dismissed
             self._crashes.pop(id(mine), None)
@@ -349,14 +348,7 @@ class TunnelService:
             self._cancelled.update(id(t) for t in mine if t.state not in _ENDED)
         self.manager.close_all()
         for tunnel in mine:
-            _release(tunnel)
             with contextlib.suppress(Exception):
                 tunnel.close()
         self._opener.shutdown(wait=False, cancel_futures=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _release(tunnel: Tunnel) -> None:
-    """Free a login that waits for an answer: the tunnel is going."""
-    if isinstance(tunnel.ask, Mailbox):
-        tunnel.ask.close()

@@ -438,6 +438,8 @@ class Tunnel:
             self.state = State.CLOSED
             self.since = time.time()
             self.attempt, self.next_try = 0, None
+        if isinstance(self.ask, Mailbox):
+            self.ask.close()  # a question waiting there ends now, its door with it
         self._teardown()  # again after a failure: removes the record kept to say why
         self._emit("state")
 
