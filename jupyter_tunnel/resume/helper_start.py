@@ -82,11 +82,12 @@ def _check_dir(path: str, uid: int, own: bool) -> None:
         raise StartError(f"{path} is writable by group or others")
 
 
-def folder(env: Any) -> str:
-    """The 0700 folder of the helper's socket and state files, created if missing.
+def folder(env: Any, kind: str = "resume") -> str:
+    """The 0700 folder of the helper's socket and state files (``kind`` "kernels": the
+    remote kernels' files), created if missing.
 
-    ``$XDG_RUNTIME_DIR/jupyter_tunnel/resume`` when that runtime dir is usable (ours,
-    0700), else ``~/.cache/jupyter_tunnel/resume``.
+    ``$XDG_RUNTIME_DIR/jupyter_tunnel/KIND`` when that runtime dir is usable (ours,
+    0700), else ``~/.cache/jupyter_tunnel/KIND``.
     """
     uid = os.geteuid()
     base = env.get("XDG_RUNTIME_DIR") or ""
@@ -96,12 +97,12 @@ def folder(env: Any) -> str:
         st = None
     if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid \
             and not st.st_mode & 0o077:
-        parts = ["jupyter_tunnel", "resume"]
+        parts = ["jupyter_tunnel", kind]
     else:
         base = os.path.expanduser("~")
         if not base.startswith("/"):
             raise StartError("no home folder for the helper's files")
-        parts = [".cache", "jupyter_tunnel", "resume"]
+        parts = [".cache", "jupyter_tunnel", kind]
     _check_dir(base, uid, own=False)
     path = base
     for part in parts:

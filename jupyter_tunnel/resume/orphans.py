@@ -32,7 +32,7 @@ __all__ = ["HelperOutcome", "end_helper", "program", "request_input"]
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: joined in this order, as ``remote.program`` joins the helper's
-_MODULES = ("frames.py", "helper_start.py", "orphan_remote.py")
+_MODULES = ("resume/frames.py", "resume/helper_start.py", "resume/orphan_remote.py")
 
 
 @dataclass(frozen=True)

@@ -39,17 +39,19 @@ __all__ = ["CONTROL_TARGET", "HelperSettings", "command", "parse_reply", "progra
            "start_input"]
 
 #: joined in this order; each drops its ``from __future__`` and relative imports
-_MODULES = ("frames.py", "replay.py", "helper_start.py", "helper_loop.py", "helper_main.py")
-_RELATIVE = re.compile(r"^from \.\w* import (?:\([^)]*\)|[^\n]*)\n", re.MULTILINE)
+_MODULES = tuple(f"resume/{name}" for name in (
+    "frames.py", "replay.py", "helper_start.py", "helper_loop.py", "helper_main.py"))
+_RELATIVE = re.compile(r"^from \.+[\w.]* import (?:\([^)]*\)|[^\n]*)\n", re.MULTILINE)
 _FUTURE = "from __future__ import annotations\n"
 _PYTHON = re.compile(r"[A-Za-z0-9_./+-]+\Z")
 LOADER = "import sys;exec(sys.stdin.buffer.readline())"
 
 
 def join_modules(modules: tuple[str, ...], entry: str) -> str:
-    """One source of our ``modules`` (each without its ``from __future__`` and relative
-    imports), then the ``entry`` statement: a program to send to the last hop."""
-    here = Path(__file__).parent
+    """One source of our ``modules`` (paths under the package, e.g. ``resume/frames.py``;
+    each without its ``from __future__`` and relative imports), then the ``entry``
+    statement: a program to send to the last hop."""
+    here = Path(__file__).parent.parent
     parts = [_FUTURE]
     for name in modules:
         text = (here / name).read_text(encoding="utf-8")
