@@ -113,6 +113,14 @@ class RemoteJupyterNotReady(TunnelError):
     retryable = True
 
 
+class RemoteKernelError(TunnelError):
+    """A remote kernel could not be listed, started, signalled or ended on the target."""
+
+
+class KernelSpecNotFound(TunnelError):
+    """No local kernelspec of that name was installed by jupyter_tunnel."""
+
+
 class TunnelNotFound(TunnelError):
     """No tunnel of that name is known."""
 
@@ -134,6 +142,8 @@ _KINDS: dict[type[TunnelError], str] = {
     AnswerTimeout: "auth",
     AnswerRefused: "auth",
     NoQuestionWaiting: "no-question",
+    RemoteKernelError: "remote-kernel",
+    KernelSpecNotFound: "not-found",
     HopUnreachable: "unreachable",
     HopTimeout: "timeout",
     ForwardingRefused: "forwarding-refused",

@@ -17,6 +17,8 @@ _STATUS: list[tuple[type[errors.TunnelError], int]] = [
     (errors.SpecError, 400),  # the request itself is wrong
     (errors.ConfigError, 400),  # the ssh config cannot serve this request as it is
     (errors.TunnelNotFound, 404),
+    (errors.KernelSpecNotFound, 404),
+    (errors.RemoteKernelError, 502),
     (errors.TunnelExists, 409),
     (errors.NotOwner, 409),  # another process owns it: close it there
     (errors.PortInUse, 409),

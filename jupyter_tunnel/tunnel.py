@@ -47,6 +47,9 @@ EventCallback = Callable[["Tunnel", str], None]
 BackendFactory = Callable[..., Backend]
 
 
+_ADD_LOCK = threading.Lock()
+
+
 def forward_info(forward: Forward, bound: int) -> dict[str, Any]:
     """A forward as shown in the tunnel's JSON."""
     host = f"[{forward.host}]" if ":" in forward.host else forward.host
@@ -339,6 +342,33 @@ class Tunnel:
             resumer.close()
             raise TunnelError(f"tunnel {self.name} was closed while opening")
         backend.set_acceptor(resumer.adopt)
+
+    def add_forward(self, host: str, port: int) -> int:
+        """Forward a new local port (chosen free) to ``host:port`` as the target sees it,
+        resumable like the others; the port stays until the tunnel closes."""
+        with _ADD_LOCK:  # one resume helper, however many callers
+            backend = self._backend
+            if backend is None or self.state is not State.READY:
+                raise TunnelError(f"tunnel {self.name} is {self.state.value}, not ready")
+            if self.settings.resume and self._resumer is None:
+                self._start_resume(backend)
+            bound = backend.forward_local(0, host, port)
+        with self._lock:
+            self.forwards.append(forward_info(Forward(bound, host, port), bound))
+        self._save_locked()
+        return bound
+
+    def retarget_forward(self, local_port: int, host: str, port: int) -> None:
+        """Point a forward added by :meth:`add_forward` at ``host:port`` (same local port):
+        new connections go there."""
+        backend = self._backend
+        if backend is None:
+            raise TunnelError(f"tunnel {self.name} is {self.state.value}")
+        backend.retarget(local_port, host, port)
+        with self._lock:
+            self.forwards = [forward_info(Forward(local_port, host, port), local_port)
+                             if f.get("local_port") == local_port else f for f in self.forwards]
+        self._save_locked()
 
     def _on_reconnected(self) -> None:
         resumer = self._resumer
