@@ -197,6 +197,7 @@ jupyter tunnel open beast --via unicorn
 jupyter tunnel list
 jupyter tunnel close beast
 jupyter tunnel answer beast
+jupyter tunnel kernels install beast --via unicorn
 jupyter tunnel cleanup
 jupyter tunnel demo
 """
@@ -210,6 +211,9 @@ jupyter tunnel demo
         "close": (CloseApp, CloseApp.description),
         "answer": ("jupyter_tunnel.cli_answer.AnswerApp",
                    "Answer what a hop asks (a one-time code) a tunnel of another process."),
+        "kernels": ("jupyter_tunnel.cli_kernels.KernelsApp",
+                    "Use a remote host's kernels from your own Jupyter (list, install, "
+                    "remove)."),
         "cleanup": (CleanupApp, "Remove what crashed tunnels left behind (records, processes)."),
         "demo": ("jupyter_tunnel.cli_open.DemoApp",
                  "Run a throwaway SSH network here and open beast via unicorn through it."),

@@ -1,0 +1,201 @@
+"""Remote kernels: beast's kernels listed and installed from the shell, and run from a local
+kernel manager (the `jupyter-tunnel` provisioner) through a tunnel via unicorn: a cell runs
+in beast's network namespace, an interrupt stops `time.sleep(120)` within 2 s, a restart and
+a shutdown leave no kernel on beast and no port bound here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import port_is_free
+
+from jupyter_tunnel import api
+from jupyter_tunnel.errors import KernelSpecNotFound
+from jupyter_tunnel.kernels import specs
+from jupyter_tunnel.kernels.remote import RemoteKernels
+from jupyter_tunnel.manager import TunnelManager
+from jupyter_tunnel.sandbox import Sandbox
+
+JUPYTER = [sys.executable, "-m", "jupyter_tunnel"]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private Jupyter data folder: kernelspecs installed by a test land there."""
+    path = tmp_path / "data"
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(path))
+    return path
+
+
+# --- without a network ------------------------------------------------------------------
+
+
+def test_spec_names() -> None:
+    assert specs.spec_name("beast", "python3") == "beast-python3"
+    assert specs.spec_name("Alice@Beast.example.org:2222", "ir") == "beast.example.org-ir"
+
+
+def test_install_list_remove(data_dir: Path) -> None:
+    info = specs.install("beast", ["unicorn"], "python3",
+                         {"display_name": "Python 3 (ipykernel)", "language": "python"},
+                         ssh_config="/x/config", cwd="/data")
+    assert info["name"] == "beast-python3"
+    spec = json.loads((data_dir / "kernels" / "beast-python3" / "kernel.json").read_text())
+    assert spec["display_name"] == "Python 3 (ipykernel) on beast"
+    assert spec["metadata"]["kernel_provisioner"] == {
+        "provisioner_name": "jupyter-tunnel",
+        "config": {"target": "beast", "via": ["unicorn"], "remote_kernel": "python3",
+                   "ssh_config": "/x/config", "cwd": "/data"}}
+    assert [k["name"] for k in specs.installed()] == ["beast-python3"]
+    foreign = data_dir / "kernels" / "mine"
+    foreign.mkdir()
+    (foreign / "kernel.json").write_text(json.dumps({"argv": ["x"], "display_name": "Mine",
+                                                     "language": "python"}))
+    with pytest.raises(KernelSpecNotFound, match="not installed by jupyter tunnel"):
+        specs.remove("mine")
+    with pytest.raises(KernelSpecNotFound, match="no kernelspec named 'nope'"):
+        specs.remove("nope")
+    specs.remove("beast-python3")
+    assert not (data_dir / "kernels" / "beast-python3").exists()
+    assert foreign.exists()
+
+
+def _local(command: str, timeout: float, stdin: str | None) -> tuple[int, str, str]:
+    out = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_the_nanny_refuses_bad_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    kernels = RemoteKernels(_local, "here", os.getpid())
+    for request, words in [({"action": "start", "id": "../x"}, "id must be"),
+                           ({"action": "start", "id": "k1", "kernel": "python3", "key": "k",
+                             "signature_scheme": "hmac-sha256", "orphan_after": 60,
+                             "cwd": str(tmp_path / "none")}, "no such folder"),
+                           ({"action": "start", "id": "k1", "kernel": "nope", "key": "k",
+                             "signature_scheme": "hmac-sha256", "orphan_after": 60},
+                            "no kernel named 'nope'"),
+                           ({"action": "signal", "id": "k9", "signum": 2}, "no such kernel"),
+                           ({"action": "rm -rf"}, "unknown action")]:
+        with pytest.raises(Exception, match=words):
+            kernels.ask(request)
+
+
+# --- on the three-host network ------------------------------------------------------------
+
+
+@pytest.fixture
+def manager(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TunnelManager]:
+    """The manager the provisioner's tunnels go to (this test's registry)."""
+    made = TunnelManager(owner="python")
+    monkeypatch.setattr(api, "_manager", made)
+    yield made
+    made.close_all()
+
+
+def _cli(net: Sandbox, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*JUPYTER, *argv, "--ssh-config", str(net.ssh_config)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def _beast_has(net: Sandbox, pid: int) -> bool:
+    return net.run_in("beast", ["kill", "-0", str(pid)], capture_output=True).returncode == 0
+
+
+def _kernel_files(net: Sandbox) -> list[str]:
+    folder = net.home("beast") / ".cache" / "jupyter_tunnel" / "kernels"
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+@pytest.mark.network
+def test_list_and_install_from_the_shell(net: Sandbox, data_dir: Path) -> None:
+    listed = _cli(net, "kernels", "list", "beast", "--via", "unicorn", "--json")
+    assert listed.returncode == 0, listed.stderr
+    kernels = json.loads(listed.stdout)["kernels"]
+    assert {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python",
+            "interrupt_mode": "signal"} in kernels
+    wrong = _cli(net, "kernels", "install", "beast", "via", "unicorn", "--kernel", "nope")
+    assert wrong.returncode == 2
+    assert "beast has no kernel 'nope': it offers python3" in wrong.stderr
+    done = _cli(net, "kernels", "install", "beast", "via", "unicorn", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["installed"][0]["display_name"] == \
+        "Python 3 (ipykernel) on beast"
+    seen = subprocess.run([sys.executable, "-m", "jupyter_client.kernelspecapp", "list",
+                           "--json"], capture_output=True, text=True, check=True)
+    assert "beast-python3" in json.loads(seen.stdout)["kernelspecs"]
+    gone = _cli(net, "kernels", "remove", "--all", "--json")
+    assert json.loads(gone.stdout) == {"removed": ["beast-python3"]}
+
+
+def _run(kc: Any, code: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append(msg["content"]["ename"])
+
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return "".join(out), reply["content"]
+
+
+@pytest.mark.network
+def test_a_kernel_on_beast(net: Sandbox, data_dir: Path, manager: TunnelManager) -> None:
+    from jupyter_client.manager import KernelManager
+
+    specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
+                                                    "language": "python"},
+                  ssh_config=str(net.ssh_config))
+    beast_ns = net.run_in("beast", ["readlink", "/proc/self/ns/net"], capture_output=True,
+                          text=True).stdout.strip()
+    km = KernelManager(kernel_name="beast-python3")
+    km.start_kernel()
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        out, reply = _run(kc, "import os; print(os.readlink('/proc/self/ns/net'), os.getcwd(), "
+                              "os.getpid())")
+        assert reply["status"] == "ok"
+        ns, cwd, pid = out.split()
+        assert ns == beast_ns != os.readlink("/proc/self/ns/net")
+        assert net.jupyter is not None and cwd == str(net.jupyter.root_dir)
+        assert _beast_has(net, int(pid))
+        [tunnel] = manager.tunnels()
+        ports = [f["local_port"] for f in tunnel.to_dict()["forwards"]]
+        assert len(ports) == 5 and not any(port_is_free(p) for p in ports)
+
+        kc.execute("import time; time.sleep(120)")
+        time.sleep(1.0)
+        started = time.monotonic()
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=10)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert time.monotonic() - started < 2.0
+
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        out, _ = _run(kc, "import os; print(os.getpid())")
+        assert int(out) != int(pid)
+        assert not _beast_has(net, int(pid)), "the restart left the old kernel on beast"
+        pid = out.strip()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert not _beast_has(net, int(pid))
+    assert _kernel_files(net) == []
+    assert manager.tunnels() == [] and manager.list() == []
