@@ -199,3 +199,16 @@ def test_a_kernel_on_beast(net: Sandbox, data_dir: Path, manager: TunnelManager)
     assert not _beast_has(net, int(pid))
     assert _kernel_files(net) == []
     assert manager.tunnels() == [] and manager.list() == []
+
+
+@pytest.mark.network
+def test_a_kernel_that_cannot_start_leaves_no_tunnel(net: Sandbox, data_dir: Path,
+                                                     manager: TunnelManager) -> None:
+    from jupyter_client.manager import KernelManager
+
+    specs.install("beast", ["unicorn"], "nope", {"display_name": "Nope", "language": "x"},
+                  ssh_config=str(net.ssh_config))
+    km = KernelManager(kernel_name="beast-nope")
+    with pytest.raises(Exception, match="no kernel named 'nope' here"):
+        km.start_kernel()
+    assert manager.tunnels() == [] and manager.list() == []

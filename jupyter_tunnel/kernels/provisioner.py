@@ -81,8 +81,13 @@ class TunnelProvisioner(KernelProvisionerBase):
         key = getattr(getattr(self.parent, "session", None), "key", b"") or \
             secrets.token_hex(32).encode()
         rid = f"k{secrets.token_hex(8)}"
-        answer = remote.start(rid, self.remote_kernel, key.decode("ascii"),
-                              self.cwd or self._root_dir, self.orphan_after)
+        try:
+            answer = remote.start(rid, self.remote_kernel, key.decode("ascii"),
+                                  self.cwd or self._root_dir, self.orphan_after)
+        except BaseException:
+            if self._ports is None:  # a first start: its tunnel must not outlive it
+                self._cleanup(restart=False)
+            raise
         self._rid, self._exit, self._checked = rid, None, time.monotonic()
         self._stopping = False
         info: dict[str, Any] = {"ip": "127.0.0.1", "transport": "tcp", "key": key,
