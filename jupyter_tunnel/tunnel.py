@@ -94,6 +94,9 @@ class Tunnel:
         self.local_port: int | None = None
         #: extra local and reverse forwards, as shown in the JSON
         self.forwards: list[dict[str, Any]] = []
+        #: the remote kernel this tunnel carries (kernels/provisioner.py), as recorded for
+        #: ``kernels running`` and for cleanup to end it on the target; None for others
+        self.kernel: dict[str, Any] | None = None
         self.created = time.time()
         self.since = self.created
         self.reconnects = 0
@@ -183,6 +186,7 @@ class Tunnel:
             "children": backend.children() if backend is not None else [],
             "resume": self._resumer.summary() if self._resumer is not None else None,
             "prompt": self.question.to_dict() if self.question is not None else None,
+            "kernel": dict(self.kernel) if self.kernel is not None else None,
             **stats,
         }
 
@@ -357,6 +361,12 @@ class Tunnel:
             self.forwards.append(forward_info(Forward(bound, host, port), bound))
         self._save_locked()
         return bound
+
+    def set_kernel(self, kernel: dict[str, Any] | None) -> None:
+        """Record the remote kernel this tunnel carries (None: none any more)."""
+        with self._lock:
+            self.kernel = dict(kernel) if kernel is not None else None
+            self._save()
 
     def retarget_forward(self, local_port: int, host: str, port: int) -> None:
         """Point a forward added by :meth:`add_forward` at ``host:port`` (same local port):

@@ -61,6 +61,10 @@ class TunnelProvisioner(KernelProvisionerBase):
     _ports: dict[str, int] | None = None
 
     @property
+    def _spec_name(self) -> str:
+        return str(getattr(self.parent, "kernel_name", "") or "")
+
+    @property
     def has_process(self) -> bool:
         return self._rid is not None
 
@@ -90,10 +94,16 @@ class TunnelProvisioner(KernelProvisionerBase):
             raise
         self._rid, self._exit, self._checked = rid, None, time.monotonic()
         self._stopping = False
+        tunnel.set_kernel({"id": rid, "pid": answer["pid"], "started": answer.get("started"),
+                           "kernelspec": self._spec_name, "remote_kernel": self.remote_kernel,
+                           "host": tunnel.chain[-1].alias,
+                           "hops": [{"host": h.alias, "user": h.user, "port": h.port}
+                                    for h in tunnel.chain],
+                           "ssh_config": tunnel.chain[-1].config_file,
+                           "orphan_after": self.orphan_after})
         info: dict[str, Any] = {"ip": "127.0.0.1", "transport": "tcp", "key": key,
                                 "signature_scheme": "hmac-sha256",
-                                "kernel_name": self.kernel_spec.display_name if
-                                self.kernel_spec else ""}
+                                "kernel_name": self._spec_name}
         try:
             for name in PORT_NAMES:
                 port = int(answer["ports"][name])
@@ -198,6 +208,8 @@ class TunnelProvisioner(KernelProvisionerBase):
         stay for a restart (same ports), else they close."""
         self._stop_remote()
         self._rid = None
+        if self._tunnel is not None:
+            self._tunnel.set_kernel(None)
         if restart:
             return
         tunnel, self._tunnel, self._remote, self._ports = self._tunnel, None, None, None
