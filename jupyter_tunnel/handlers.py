@@ -10,6 +10,11 @@
 | POST tunnels/NAME/    | 202, the tunnel: ``{"id", "answer"}`` answers the question    |
 | answer                | its ``prompt`` shows (409 if that question no longer waits)   |
 | GET hosts             | 200, ``{"hosts": [...]}``: ssh-config hosts to suggest        |
+| GET kernels           | 200, ``{"installed": [...], "running": [...]}``: the remote   |
+|                       | kernels' kernelspecs of ours, the remote kernels running      |
+| POST kernels          | 201, ``{"installed": [...]}``: kernelspecs for a target's     |
+|                       | kernels (``{"target", "via"?, "kernels"?, "cwd"?}``)          |
+| DELETE kernels/NAME   | 204, the kernelspec removed (404 if it is not one of ours)    |
 
 Errors are JSON ``{"message", "kind", "hop"}`` with the status from :mod:`.rest_errors`.
 """
@@ -31,7 +36,7 @@ from tornado import web
 
 from .errors import TunnelError
 from .rest_errors import ApiError
-from .rest_service import TunnelService, parse_open_request
+from .rest_service import TunnelService, parse_kernels_request, parse_open_request
 
 #: key of the TunnelService in the web app's settings
 SERVICE_KEY = "jupyter_tunnel_service"
@@ -59,6 +64,22 @@ class TunnelAPIHandler(ExtensionHandlerMixin, APIHandler):
             return await loop.run_in_executor(self.service.executor, fn, *args)
         except TunnelError as exc:
             raise ApiError.from_tunnel_error(exc) from None
+
+    async def call_slow(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`call` for a call that logs in to hosts (the service's opening threads)."""
+        try:
+            result: T = await asyncio.wrap_future(self.service.run_slow(fn, *args))
+        except TunnelError as exc:
+            raise ApiError.from_tunnel_error(exc) from None
+        return result
+
+    def json_body(self) -> Any:
+        """The request's JSON body (400 if it is not JSON)."""
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"the request body is not JSON: {exc}", kind="bad-request") \
+                from None
 
     async def shown(self, data: Any) -> Any:
         """``data`` as this user may see it: the tunnels' URLs carry the remote servers'
@@ -164,9 +185,41 @@ class HostsHandler(TunnelAPIHandler):
         self.send(200, {"hosts": await self.call(self.service.hosts)})
 
 
+class KernelsHandler(TunnelAPIHandler):
+    """``kernels``: the remote kernels' kernelspecs and running kernels; install a target's."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.send(200, await self.call(self.service.kernels))
+
+    @web.authenticated
+    @authorized("execute")  # type: ignore[untyped-decorator]  # logs in to the hosts
+    async def post(self) -> None:
+        try:
+            request = parse_kernels_request(self.json_body())
+        except TunnelError as exc:
+            raise ApiError.from_tunnel_error(exc) from None
+        self.send(201, {"installed": await self.call_slow(self.service.install_kernels,
+                                                          request)})
+
+
+class KernelHandler(TunnelAPIHandler):
+    """``kernels/NAME``: remove a kernelspec that jupyter_tunnel installed."""
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        await self.call(self.service.remove_kernel, name)
+        self.set_status(204)
+        self.finish()
+
+
 default_handlers: list[tuple[str, type[TunnelAPIHandler]]] = [
     (rf"{API}/tunnels/?", TunnelsHandler),
     (rf"{API}/tunnels/(?P<name>[^/]+)/?", TunnelHandler),
     (rf"{API}/tunnels/(?P<name>[^/]+)/answer/?", AnswerHandler),
     (rf"{API}/hosts/?", HostsHandler),
+    (rf"{API}/kernels/?", KernelsHandler),
+    (rf"{API}/kernels/(?P<name>[^/]+)/?", KernelHandler),
 ]
