@@ -6,7 +6,8 @@ are ended, but only when pid, start time and command line all still match, so a
 process that merely reuses a pid is never signalled.  A port it held that something
 else now listens on is reported with that holder, never touched.  A resume helper it
 started on its target is ended there, proven the same way (see :mod:`.resume.orphans`);
-a target that cannot be reached is reported, the helper then ends by itself.
+a target that cannot be reached is reported, the helper then ends by itself.  So is a
+remote kernel the tunnel carried (see :mod:`.kernels.orphans`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,28 @@ def _end_helper(name: str, record: dict[str, Any], backend: str,
     return ""
 
 
+def _end_kernel(name: str, record: dict[str, Any], backend: str,
+                ended: list[dict[str, Any]], left: list[dict[str, Any]]) -> str:
+    """End the record's remote kernel on its target, if it carried one; return a note for
+    the record's removal ("" if none)."""
+    kernel = record.get("kernel")
+    if not isinstance(kernel, dict):
+        return ""
+    from .kernels.orphans import end_kernel
+
+    outcome = end_kernel(kernel, backend=backend)
+    if outcome.ended:
+        ended.append({"tunnel": name, "pid": outcome.pid, "host": outcome.host,
+                      "command": f"the remote kernel on {outcome.host}",
+                      "what": outcome.message})
+    elif outcome.result == "gone":
+        return outcome.message
+    else:
+        left.append({"tunnel": name, "pid": outcome.pid, "host": outcome.host,
+                     "why": outcome.message})
+    return ""
+
+
 def _record_ports(record: dict[str, Any]) -> list[int]:
     found = [record.get("local_port")]
     found += [f.get("local_port") for f in record.get("forwards") or [] if isinstance(f, dict)]
@@ -131,7 +154,7 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
     pid, owner, why), the processes ended (pid, command, tunnel; for a resume helper also
     host and ``what``), and what was left alone (a port now held by another process, a
     recorded process whose pid was reused, a resume helper not reached or not proven).
-    ``backend`` carries the connection to a resume helper's target.
+    ``backend`` carries the connection to a resume helper's (or remote kernel's) target.
     """
     removed: list[dict[str, Any]] = []
     ended: list[dict[str, Any]] = []
@@ -152,9 +175,11 @@ def cleanup(registry: Registry, *, only: str | None = None, timeout: float = 3.0
                 (pid, started, argv))
         live = frozenset(pid for group in groups.values() for pid, started, argv in group
                          if procinfo.is_same(pid, started, argv)) \
-            if _helper_of(record) is not None else frozenset()
+            if _helper_of(record) is not None or record.get("kernel") else frozenset()
         # first, while its ssh master (if any) may still be up to carry the connection
-        note = _end_helper(name, record, backend, ended, left)
+        notes = [_end_kernel(name, record, backend, ended, left),
+                 _end_helper(name, record, backend, ended, left)]
+        note = "; ".join(n for n in notes if n)
         for shared, group in groups.items():
             end = functools.partial(_end_all, name, group, timeout, ended, left, live)
             if shared is None:

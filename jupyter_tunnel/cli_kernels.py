@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from traitlets import Bool, List, Unicode
 
 from .cli_base import BaseTunnelApp, common_flags
 from .errors import SpecError, TunnelError
-from .kernels import specs
-from .kernels.connect import Connected, connect
+from .kernels import service
 from .spec import parse_phrase
 
 
@@ -30,13 +28,11 @@ class _KernelsBase(BaseTunnelApp):
         via = [str(h) for h in phrase_via] + [v for item in self.via for v in item.split(",")]
         return str(hop), via
 
-    def connected(self, target: str, via: list[str]) -> Connected:
+    def ssh_config(self) -> str | None:
+        return self.manager().ssh_config or None
+
+    def hello(self, target: str, via: list[str]) -> None:
         self.say(f"Connecting to {target}" + (f" via {', '.join(via)}" if via else "") + "...")
-        ssh_config = self.manager().ssh_config or None
-        try:
-            return connect(target, via, ssh_config=ssh_config, manager=self.manager())
-        except TunnelError as exc:
-            self.fail(exc)
 
 
 class ListKernelsApp(_KernelsBase):
@@ -48,18 +44,17 @@ class ListKernelsApp(_KernelsBase):
 
     def start(self) -> None:
         target, via = self.target_arg()
-        made = self.connected(target, via)
+        self.hello(target, via)
         try:
-            found = made.kernels.specs()
+            found = service.list_remote(target, via, ssh_config=self.ssh_config(),
+                                        manager=self.manager())
         except TunnelError as exc:
             self.fail(exc)
-        finally:
-            made.tunnel.close()
         if self.json_output:
-            print(json.dumps({"kernels": [{"name": k, **v} for k, v in found.items()]}))
+            print(json.dumps({"kernels": found}))
             return
-        for name, info in found.items():
-            print(f"{name:24} {info['display_name']}  ({info['language']})")
+        for info in found:
+            print(f"{info['name']:24} {info['display_name']}  ({info['language']})")
         if not found:
             print(f"{target} offers no kernels")
 
@@ -83,26 +78,13 @@ jupyter tunnel kernels install beast --via unicorn --kernel python3 --cwd /data/
 
     def start(self) -> None:
         target, via = self.target_arg()
-        made = self.connected(target, via)
+        self.hello(target, via)
         try:
-            found = made.kernels.specs()
+            installed = service.install_remote(target, via, kernels=self.kernels, cwd=self.cwd,
+                                               ssh_config=self.ssh_config(),
+                                               manager=self.manager())
         except TunnelError as exc:
             self.fail(exc)
-        finally:
-            made.tunnel.close()
-        wanted = self.kernels or list(found)
-        missing = [k for k in wanted if k not in found]
-        if missing:
-            self.fail(SpecError(f"{target} has no kernel {missing[0]!r}: it offers "
-                                f"{', '.join(found) or 'none'}"))
-        config = self.manager().ssh_config
-        installed: list[dict[str, Any]] = []
-        try:
-            for kernel in wanted:
-                installed.append(specs.install(target, via, kernel, found[kernel],
-                                               ssh_config=config, cwd=self.cwd))
-        except (TunnelError, OSError) as exc:
-            self.fail(exc if isinstance(exc, TunnelError) else TunnelError(str(exc)))
         if self.json_output:
             print(json.dumps({"installed": installed}))
             return
@@ -121,22 +103,36 @@ class RemoveKernelsApp(BaseTunnelApp):
     remove_all = Bool(False, help="Remove all of ours.").tag(config=True)
 
     def start(self) -> None:
-        names = [str(a) for a in self.extra_args]
-        if self.remove_all:
-            names += [k["name"] for k in specs.installed() if k["name"] not in names]
-        elif not names:
-            self.fail(SpecError("name the kernelspecs to remove, or give --all"))
-        removed = []
         try:
-            for name in names:
-                specs.remove(name)
-                removed.append(name)
+            removed = service.remove([str(a) for a in self.extra_args],
+                                     remove_all=self.remove_all)
         except TunnelError as exc:
             self.fail(exc)
         if self.json_output:
             print(json.dumps({"removed": removed}))
         else:
             print("\n".join(f"removed {n}" for n in removed) or "no kernelspec of ours")
+
+
+class RunningKernelsApp(BaseTunnelApp):
+    """jupyter tunnel kernels running."""
+
+    name = "jupyter-tunnel-kernels-running"
+    description = """The remote kernels started through jupyter tunnel on this machine:
+    kernelspec, owner (kind and pid), tunnel, target, remote pid, state (orphaned when
+    their owner died: jupyter tunnel cleanup ends them on the target)."""
+
+    def start(self) -> None:
+        self.no_args()
+        found = service.running(self.manager())
+        if self.json_output:
+            print(json.dumps({"kernels": found}))
+            return
+        for k in found:
+            print(f"{k['kernel']:20} on {k['target']} (pid {k['remote_pid']}) via tunnel "
+                  f"{k['tunnel']}, owner {k['owner']} {k['owner_pid']}: {k['state']}")
+        if not found:
+            print("No remote kernels.")
 
 
 class KernelsApp(BaseTunnelApp):
@@ -148,9 +144,11 @@ class KernelsApp(BaseTunnelApp):
         "list": (ListKernelsApp, ListKernelsApp.description),
         "install": (InstallKernelsApp, "Install local kernelspecs for TARGET's kernels."),
         "remove": (RemoveKernelsApp, RemoveKernelsApp.description),
+        "running": (RunningKernelsApp, "The remote kernels started from this machine."),
     }
 
     def start(self) -> None:
         if self.subapp is None:
-            self.fail(SpecError("use one of: jupyter tunnel kernels list|install|remove"))
+            self.fail(SpecError("use one of: jupyter tunnel kernels list|install|remove|"
+                                "running"))
         super().start()

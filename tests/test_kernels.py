@@ -212,3 +212,130 @@ def test_a_kernel_that_cannot_start_leaves_no_tunnel(net: Sandbox, data_dir: Pat
     with pytest.raises(Exception, match="no kernel named 'nope' here"):
         km.start_kernel()
     assert manager.tunnels() == [] and manager.list() == []
+
+
+OWNER = """
+import json, sys, time
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name=sys.argv[1])
+km.start_kernel()
+print(json.dumps(km.provisioner._tunnel.kernel), flush=True)
+time.sleep(600)
+"""
+
+
+def _orphan(net: Sandbox, data_dir: Path, orphan_after: float | None = None
+            ) -> dict[str, Any]:
+    """A remote kernel whose owner process was SIGKILLed: its record."""
+    specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
+                                                    "language": "python"},
+                  ssh_config=str(net.ssh_config))
+    spec_file = data_dir / "kernels" / "beast-python3" / "kernel.json"
+    if orphan_after is not None:
+        spec = json.loads(spec_file.read_text())
+        spec["metadata"]["kernel_provisioner"]["config"]["orphan_after"] = orphan_after
+        spec_file.write_text(json.dumps(spec))
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, "beast-python3"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        kernel = json.loads(owner.stdout.readline())
+    finally:
+        owner.kill()
+        owner.wait()
+    assert _beast_has(net, kernel["pid"])
+    return dict(kernel)
+
+
+@pytest.mark.network
+def test_cleanup_ends_the_kernel_of_a_killed_owner(net: Sandbox, data_dir: Path) -> None:
+    kernel = _orphan(net, data_dir)
+    shown = json.loads(subprocess.run([*JUPYTER, "kernels", "running", "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+    [running] = shown["kernels"]
+    assert running["remote_pid"] == kernel["pid"] and running["state"] == "orphaned"
+    assert running["kernel"] == "beast-python3" and running["target"] == "beast"
+    done = subprocess.run([*JUPYTER, "cleanup", "--json"], capture_output=True, text=True,
+                          timeout=120, check=True)
+    report = json.loads(done.stdout)
+    assert any(e.get("command") == "the remote kernel on beast" and
+               e["pid"] == kernel["pid"] for e in report["ended"]), report
+    assert not _beast_has(net, kernel["pid"])
+    assert _kernel_files(net) == []
+    again = json.loads(subprocess.run([*JUPYTER, "kernels", "running", "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert again == {"kernels": []}
+
+
+@pytest.mark.network
+def test_a_kernel_nobody_comes_back_for_ends_by_itself(net: Sandbox, data_dir: Path) -> None:
+    kernel = _orphan(net, data_dir, orphan_after=4)
+    deadline = time.monotonic() + 30
+    while _beast_has(net, kernel["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _beast_has(net, kernel["pid"]), "the kernel outlived orphan_after"
+    subprocess.run([*JUPYTER, "cleanup"], capture_output=True, timeout=120, check=True)
+    assert _kernel_files(net) == []
+
+
+LINES = 40  # as the issue's user: a line a second for 40 s, the link cut for 20 s
+
+
+@pytest.mark.network
+def test_a_cell_printing_through_an_outage_loses_no_line(
+        net: Sandbox, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jupyter_client.manager import KernelManager
+
+    if not net.netns:
+        pytest.skip("cutting the link needs the namespace network")
+    made = TunnelManager(owner="python", keepalive_interval=1, keepalive_count_max=2)
+    monkeypatch.setattr(api, "_manager", made)
+    specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
+                                                    "language": "python"},
+                  ssh_config=str(net.ssh_config))
+    km = KernelManager(kernel_name="beast-python3")
+    km.start_kernel()
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        [tunnel] = made.tunnels()
+        msg_id = kc.execute(f"import time\nfor i in range({LINES}):\n"
+                            "    print('line', i, flush=True)\n    time.sleep(1)")
+        lines: list[str] = []
+        status, idle, cut, alive_meanwhile = "", False, False, []
+        deadline = time.monotonic() + 120
+        while not (status and idle):
+            assert time.monotonic() < deadline, f"stuck after {len(lines)} lines"
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except Exception:  # queue.Empty: nothing this second (the outage)
+                msg = None
+            if msg is not None and msg["parent_header"].get("msg_id") == msg_id:
+                kind = msg["msg_type"]
+                if kind == "stream":
+                    lines += msg["content"]["text"].splitlines()
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    idle = True
+            if len(lines) >= 4 and not cut:
+                cut = True
+                net.cut_link()  # a silent outage, as Wi-Fi gone
+                try:
+                    until = time.monotonic() + 20
+                    while time.monotonic() < until:
+                        alive_meanwhile.append((tunnel.state.value, km.is_alive()))
+                        time.sleep(0.5)
+                finally:
+                    net.restore_link()
+            if idle and not status:
+                status = kc.get_shell_msg(timeout=30)["content"]["status"]
+        assert lines == [f"line {i}" for i in range(LINES)]
+        assert status == "ok"
+        assert ("reconnecting", True) in alive_meanwhile, alive_meanwhile[-3:]
+        assert all(alive for _, alive in alive_meanwhile), "the outage counted as death"
+        assert tunnel.reconnects >= 1
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        made.close_all()
+    assert _kernel_files(net) == []

@@ -226,7 +226,7 @@ def _watch(kernel: int, paths: dict[str, str], state: dict[str, Any],
             beat = 0.0  # the files were removed: stop was asked for
         if time.time() - beat > orphan_after:
             _end_group(kernel)
-        time.sleep(1.0)
+        time.sleep(0.25)
 
 
 def _end_group(pid: int) -> None:
@@ -283,18 +283,34 @@ def send_signal(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def stop(req: dict[str, Any]) -> dict[str, Any]:
-    """End the kernel (its process group: what it started too) and remove its files."""
+    """End the kernel (its process group: what it started too) and remove its files.
+
+    With ``pid`` and ``started`` in the request (cleanup, from a record made elsewhere),
+    only if the nanny's own state file names that very process.
+    """
     paths = _paths(req.get("id"))
-    state = _read(paths["state"]) or {}
-    ended = False
+    state = _read(paths["state"])
+    if state is None:
+        for path in paths.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return {"result": "gone", "detail": "no kernel of that id runs here"}
     pid = state.get("pid")
-    if isinstance(pid, int) and _same(pid, state.get("started")):
+    if "pid" in req and (req.get("pid") != pid or req.get("started") != state.get("started")):
+        return {"result": "unproven", "detail": f"its state file names pid {pid}, started "
+                f"{state.get('started')}, not pid {req.get('pid')}"}
+    result = "gone"
+    if isinstance(pid, int) and _same(pid, state.get("started")) and not _zombie(pid):
         _end_group(pid)
-        ended = True
+        result = "ended"
+    deadline = time.monotonic() + 2.0
+    while isinstance(pid, int) and _same(pid, state.get("started")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)  # until its nanny has reaped it: then no trace of it is left
     for path in paths.values():
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    return {"stopped": ended}
+    return {"result": result, "detail": ""}
 
 
 def running() -> dict[str, Any]:

@@ -12,8 +12,10 @@ alone; with resumable forwards its ZMQ connections never see the outage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
+import threading
 import time
 from typing import Any
 
@@ -57,6 +59,7 @@ class TunnelProvisioner(KernelProvisionerBase):
     _checked = 0.0
     _root_dir = ""
     _stopping = False
+    _beat: threading.Event | None = None
     #: the local ports of the kernel's five, kept across restarts (clients stay connected)
     _ports: dict[str, int] | None = None
 
@@ -94,6 +97,7 @@ class TunnelProvisioner(KernelProvisionerBase):
             raise
         self._rid, self._exit, self._checked = rid, None, time.monotonic()
         self._stopping = False
+        self._start_beat(rid)
         tunnel.set_kernel({"id": rid, "pid": answer["pid"], "started": answer.get("started"),
                            "kernelspec": self._spec_name, "remote_kernel": self.remote_kernel,
                            "host": tunnel.chain[-1].alias,
@@ -201,11 +205,30 @@ class TunnelProvisioner(KernelProvisionerBase):
         except RemoteKernelError as exc:
             self.log.warning("the remote kernel %s on %s: %s", rid, remote.host, exc.message)
             return
-        self._exit = self._exit if self._exit is not None else -signal.SIGKILL
+        if self._exit is None:
+            self._exit = -signal.SIGKILL
+
+    def _start_beat(self, rid: str) -> None:
+        """Tell the nanny we are here even when nobody polls (nbclient, a long cell): it
+        ends a kernel whose owner stays away for ``orphan_after``."""
+        stop = self._beat = threading.Event()
+        every = min(max(self.orphan_after / 4, 1.0), 600.0)
+
+        def beat() -> None:
+            while not stop.wait(every):
+                tunnel, remote = self._tunnel, self._remote
+                if tunnel is None or remote is None or tunnel.state is not State.READY:
+                    continue  # an outage: the nanny waits for orphan_after anyway
+                with contextlib.suppress(RemoteKernelError):  # the next beat tries again
+                    remote.status(rid)
+
+        threading.Thread(target=beat, daemon=True, name=f"jupyter-tunnel-beat-{rid}").start()
 
     def _cleanup(self, restart: bool) -> None:
         """Nothing left on the target (files, process); here the tunnel and its forwards
         stay for a restart (same ports), else they close."""
+        if self._beat is not None:
+            self._beat.set()
         self._stop_remote()
         self._rid = None
         if self._tunnel is not None:

@@ -25,8 +25,8 @@ _MODULES = ("resume/frames.py", "resume/helper_start.py", "kernels/nanny.py")
 
 # The Python that runs process $1 (the target's Jupyter, if ours) as it was invoked (a
 # venv's python is a link: only the path it was started by finds the venv), else as
-# resolved, else python3 on the PATH: the first of them that imports jupyter_client.
-# Prints its path; exit 3: none.
+# resolved, else python3 on the PATH: the first of them that imports jupyter_client (with
+# $2 "any": the first Python 3.8+, enough to stop a kernel).  Prints its path; exit 3: none.
 FIND_PYTHON_SCRIPT = r"""
 a= e=
 if [ -n "$1" ] && [ -O "/proc/$1" ]; then
@@ -34,9 +34,11 @@ if [ -n "$1" ] && [ -O "/proc/$1" ]; then
   case "$a" in /*) ;; */*) a="$(readlink "/proc/$1/cwd" 2>/dev/null)/$a";; esac
   e=$(readlink "/proc/$1/exe" 2>/dev/null)
 fi
+m=jupyter_client
+[ "$2" = any ] && m=os
 for p in "$a" "$e" "$(command -v python3 2>/dev/null)"; do
   case "$p" in /*python*) ;; *) continue;; esac
-  [ -x "$p" ] && "$p" -c 'import sys, jupyter_client; sys.exit(sys.version_info < (3, 8))' \
+  [ -x "$p" ] && "$p" -c "import sys, $m; sys.exit(sys.version_info < (3, 8))" \
     2>/dev/null && { printf '%s\n' "$p"; exit 0; }
 done
 exit 3
@@ -56,25 +58,28 @@ class RemoteKernels:
     """The kernels of one target, asked through ``run`` with the Python of ``jupyter_pid``
     (the target's Jupyter server; None: python3 on the PATH)."""
 
-    def __init__(self, run: RunCommand, host: str, jupyter_pid: int | None) -> None:
+    def __init__(self, run: RunCommand, host: str, jupyter_pid: int | None, *,
+                 any_python: bool = False) -> None:
         self.host = host
         self._run = run
         self._pid = jupyter_pid
+        self._any = any_python  # status, signal, stop and list only: no jupyter_client needed
         self._python = ""
 
     @property
     def python(self) -> str:
         """The target's Python that runs the nanny (found on first use)."""
         if not self._python:
-            command = launch.REMOTE_SHELL
-            if self._pid is not None:
-                command += f" {int(self._pid)}"
+            pid = str(int(self._pid)) if self._pid else "''"
+            command = f"{launch.REMOTE_SHELL} {pid}{' any' if self._any else ''}"
             try:
                 status, out, _ = self._run(command, 30.0, FIND_PYTHON_SCRIPT)
             except TunnelError as exc:
                 raise RemoteKernelError(f"{self.host}: {exc.message}") from None
             path = out.strip().splitlines()[-1] if out.strip() else ""
             if status != 0 or not _PATH.match(path):
+                if self._any:
+                    raise RemoteKernelError(f"no Python 3.8+ on {self.host}")
                 raise RemoteKernelError(
                     f"no Python with jupyter_client on {self.host}: remote kernels need the "
                     "Python of a Jupyter server there (or python3 with jupyter_client on the "
@@ -130,9 +135,15 @@ class RemoteKernels:
         return bool(self.ask({"action": "signal", "id": kernel_id, "signum": signum},
                              timeout=30.0).get("alive"))
 
-    def stop(self, kernel_id: str) -> bool:
-        """End it and remove its files there; whether it was still running."""
-        return bool(self.ask({"action": "stop", "id": kernel_id}, timeout=30.0).get("stopped"))
+    def stop(self, kernel_id: str, *, pid: int | None = None, started: int | None = None
+             ) -> dict[str, Any]:
+        """End it and remove its files there: ``{"result": "ended"|"gone"|"unproven",
+        "detail"}``; with ``pid`` and ``started`` only if its nanny's record names that very
+        process (what cleanup knows of it)."""
+        request: dict[str, Any] = {"action": "stop", "id": kernel_id}
+        if pid is not None:
+            request.update(pid=pid, started=started)
+        return self.ask(request, timeout=30.0)
 
     def running(self) -> list[dict[str, Any]]:
         """Every kernel of ours there."""

@@ -69,7 +69,8 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _hops(raw: object) -> list[Hop] | None:
+def hops_of(raw: object) -> list[Hop] | None:
+    """The hops of a record (`[{host, user, port}]`, first hop first); None if malformed."""
     if not isinstance(raw, list) or not raw:
         return None
     hops = []
@@ -90,7 +91,7 @@ def end_helper(helper: dict[str, Any], *, backend: str = "auto", connect_timeout
     provably is that helper; never raises for what the remote or the network does."""
     host = helper.get("host") if isinstance(helper.get("host"), str) else "?"
     pid, started = _int(helper.get("pid")), _int(helper.get("started"))
-    tunnel_id, hops = helper.get("id"), _hops(helper.get("hops"))
+    tunnel_id, hops = helper.get("id"), hops_of(helper.get("hops"))
     config = helper.get("ssh_config")
     if not isinstance(tunnel_id, str) or not _ID.match(tunnel_id) or pid is None \
             or pid <= 0 or started is None or hops is None \
