@@ -23,6 +23,7 @@ from IPython.display import display as _display
 from .api import make_spec
 from .errors import ConfigError, SpecError, TunnelError, TunnelExists, TunnelNotFound
 from .login.notebook import NotebookAsk
+from .magics_kernels import run_kernels
 from .manager import TunnelManager
 from .spec import TunnelSpec, check_name
 from .state import State
@@ -35,7 +36,7 @@ argument: Callable[..., _Decorator] = _magic_arguments.argument
 parse_argstring: Callable[[Callable[..., Any], str], Any] = _magic_arguments.parse_argstring
 display: Callable[[Any], None] = _display
 
-COMMANDS = ("open", "list", "status", "close", "cleanup")
+COMMANDS = ("open", "list", "status", "close", "cleanup", "kernels")
 #: errors in what the user asked for: shown as UsageError (one line, no traceback)
 INPUT_ERRORS = (SpecError, ConfigError, TunnelNotFound, TunnelExists)
 OPEN_OPTIONS = {"via", "name", "local_port", "remote_port", "ssh_config", "launch", "forward",
@@ -137,7 +138,13 @@ class TunnelMagics(Magics):
     @argument("--no-jupyter", action="store_true",
               help="Forward only what --forward and --reverse ask for; look for no Jupyter.")
     @argument("--all", action="store_true",
-              help="With close: close every tunnel this kernel opened.")
+              help="With close: close every tunnel this kernel opened; with kernels remove: "
+              "remove every kernelspec jupyter tunnel installed.")
+    @argument("--kernel", action="append", metavar="NAME",
+              help="With kernels install: the remote kernel to install (default: all). "
+              "Repeatable.")
+    @argument("--cwd", metavar="DIR", help="With kernels install: the kernels' working folder "
+              "on the target.")
     @line_magic
     def tunnel(self, line: str = "") -> Tunnel | None:
         """Reach the JupyterLab running on a remote host through SSH jump hosts.
@@ -150,6 +157,9 @@ class TunnelMagics(Magics):
         %tunnel status NAME               one tunnel
         %tunnel close NAME | --all        close one tunnel, or every one this kernel opened
         %tunnel cleanup                   forget tunnels whose process died
+        %tunnel kernels install beast via unicorn   beast's kernels in this Jupyter
+                                          (also: kernels list TARGET, kernels remove
+                                          NAME... | --all, kernels running)
 
         Hosts are ssh-config aliases, user@host or user@host:port. Tunnels opened here
         close when the kernel shuts down or restarts. From Python code use
@@ -165,6 +175,9 @@ class TunnelMagics(Magics):
         command = "open"
         if words and words[0].lower() in COMMANDS:
             command, words = words[0].lower(), words[1:]
+        if command == "kernels":
+            run_kernels(self.manager, words, args)
+            return None
         given = {k for k, v in vars(args).items() if k != "words" and v not in (None, False, [])}
         allowed = {"open": OPEN_OPTIONS, "close": {"all"}}.get(command, set())
         extra = sorted(given - allowed)

@@ -339,3 +339,29 @@ def test_a_cell_printing_through_an_outage_loses_no_line(
         km.shutdown_kernel(now=False)
         made.close_all()
     assert _kernel_files(net) == []
+
+
+@pytest.mark.network
+def test_kernels_from_a_notebook(net: Sandbox, data_dir: Path, tmp_path: Path) -> None:
+    from test_magics import Kernel, loaded, text
+
+    k = Kernel(tmp_path)
+    with k.client.setup_kernel(env=k.env):
+        loaded(k, net)
+        cell = k.run("%tunnel kernels list beast via unicorn")
+        assert "python3" in text(cell) and "Python 3 (ipykernel)" in text(cell)
+        cell = k.run("%tunnel kernels install beast via unicorn --kernel python3")
+        assert "installed beast-python3: Python 3 (ipykernel) on beast" in text(cell)
+        assert (data_dir / "kernels" / "beast-python3" / "kernel.json").exists()
+        cell = k.run("%tunnel kernels list beast --cwd /tmp", error=True)
+        assert "UsageError: --cwd does not apply to %tunnel kernels list" in text(cell, "stderr")
+        cell = k.run("%tunnel kernels remove python3", error=True)
+        assert "UsageError: kernelspec 'python3' was not installed by jupyter tunnel" in \
+            text(cell, "stderr")
+        cell = k.run("%tunnel kernels start", error=True)
+        assert "UsageError: %tunnel kernels list TARGET" in text(cell, "stderr")
+        cell = k.run("%tunnel kernels running")
+        assert "No remote kernels." in text(cell)
+        cell = k.run("%tunnel kernels remove --all")
+        assert "removed beast-python3" in text(cell)
+    assert not (data_dir / "kernels" / "beast-python3").exists()
