@@ -28,6 +28,10 @@ export interface ITunnel {
    * otherwise). Its text comes from a remote server: show it as text, never as HTML.
    */
   prompt?: IPrompt | null;
+  /** False for a tunnel that forwards no Jupyter (a remote kernel's, say). */
+  jupyter?: boolean;
+  /** What a tunnel of a remote kernel carries (absent for other tunnels). */
+  kernel?: Record<string, unknown> | null;
   /** With --resume: what its resumable connections hold (null: it does not resume). */
   resume?: {
     held: number;
@@ -182,4 +186,61 @@ export async function answerPrompt(name: string, id: string, answer: string): Pr
 export async function listHosts(): Promise<string[]> {
   const reply = await request<{ hosts: string[] }>('hosts');
   return reply.data.hosts;
+}
+
+/** A local kernelspec of ours: a kernel of ``target`` run there through a tunnel. */
+export interface IKernelSpec {
+  /** The local kernelspec's name, e.g. `beast-python3`. */
+  name: string;
+  /** As the launcher shows it, e.g. "Python 3 (ipykernel) on beast". */
+  display_name: string;
+  /** The kernelspec's name on the target, e.g. `python3`. */
+  remote_kernel: string;
+  target: string;
+  via: string[];
+}
+
+/** A remote kernel started through jupyter_tunnel that this machine knows of. */
+export interface IRunningKernel {
+  kernel: string | null;
+  remote_kernel: string | null;
+  target: string | null;
+  tunnel: string | null;
+  state: string | null;
+}
+
+/** What ``POST kernels`` sends: whose kernels to use here. */
+export interface IKernelsRequest {
+  target: string;
+  via: string[];
+  kernels?: string[];
+  cwd?: string;
+}
+
+/** The kernelspecs of remote kernels installed here, and the remote kernels running. */
+export async function listKernels(): Promise<{
+  installed: IKernelSpec[];
+  running: IRunningKernel[];
+}> {
+  const reply = await request<{ installed: IKernelSpec[]; running: IRunningKernel[] }>(
+    'kernels'
+  );
+  return reply.data;
+}
+
+/**
+ * Install a kernelspec here for each kernel of the target (all, or those named): slow, the
+ * server logs in to the hosts to ask the target. What was installed.
+ */
+export async function installKernels(body: IKernelsRequest): Promise<IKernelSpec[]> {
+  const reply = await request<{ installed: IKernelSpec[] }>('kernels', {
+    method: 'POST',
+    body: JSON.stringify(body)
+  });
+  return reply.data.installed;
+}
+
+/** Remove a kernelspec that jupyter_tunnel installed (404: not one of ours). */
+export async function removeKernel(name: string): Promise<void> {
+  await request<null>(`kernels/${encodeURIComponent(name)}`, { method: 'DELETE' });
 }

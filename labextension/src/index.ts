@@ -38,7 +38,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null,
     restorer: ILayoutRestorer | null
   ) => {
-    const panel = new TunnelPanel();
+    const panel = new TunnelPanel({ kernelspecs: app.serviceManager.kernelspecs });
     panel.title.icon = tunnelIcon;
     app.shell.add(panel, 'left', { rank: 850 });
     if (restorer) {

@@ -3,19 +3,23 @@
  *
  * Elements carry `data-testid` attributes (jt-*) for tests and stable class names.
  */
+import { KernelSpec } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
 import {
   ApiError,
+  IKernelSpec,
   IPrompt,
   ITunnel,
   answerPrompt,
   closeTunnel as deleteTunnel,
   listHosts,
+  listKernels,
   listTunnels
 } from './api';
 import { duration, el, progress, resumeText } from './dom';
 import { OpenForm } from './form';
+import { IKernelsHost, KernelsSection } from './kernels';
 
 /** How often the list is refreshed while the panel is visible, in ms (not while hidden). */
 const POLL_MS = 1000;
@@ -24,15 +28,42 @@ const MISSING_POLL_MS = 10000;
 
 let questionCounter = 0;
 
+/** What the panel works with. */
+export interface ITunnelPanelOptions {
+  /** JupyterLab's kernelspecs (``app.serviceManager.kernelspecs``): reloaded after a
+   * remote kernel's kernelspec is installed or removed. */
+  kernelspecs?: KernelSpec.IManager | null;
+}
+
 /** The side panel. */
-export class TunnelPanel extends Widget {
-  constructor() {
+export class TunnelPanel extends Widget implements IKernelsHost {
+  constructor(options: ITunnelPanelOptions = {}) {
     super();
     this.id = 'jupyter-tunnel-panel';
     this.addClass('jp-TunnelPanel');
     this.node.dataset.testid = 'jt-panel';
     this.title.caption = 'SSH tunnels to remote JupyterLabs';
+    this._kernelspecManager = options.kernelspecs ?? null;
+    // installed or removed elsewhere (the command line, another tab): the list follows
+    this._kernelspecManager?.specsChanged.connect(this._onSpecsChanged, this);
     this._build();
+  }
+
+  dispose(): void {
+    this._kernelspecManager?.specsChanged.disconnect(this._onSpecsChanged, this);
+    super.dispose();
+  }
+
+  /** Reload JupyterLab's kernelspecs, then the panel's list of remote kernels' ones. */
+  async specsChanged(): Promise<void> {
+    if (this._kernelspecManager) {
+      try {
+        await this._kernelspecManager.refreshSpecs();
+      } catch (error) {
+        console.warn('jupyter-tunnel: cannot reload the kernelspecs:', error);
+      }
+    }
+    await this._loadKernels();
   }
 
   /** Put the cursor in the Target field (once the panel is shown and the palette gone). */
@@ -68,6 +99,18 @@ export class TunnelPanel extends Widget {
       this._setMissing(null);
       this._tunnels = reply.data;
       this._render();
+      // a target newly ready: its kernelspecs may have been installed meanwhile
+      const ready = this._tunnels
+        .filter(t => t.state === 'ready')
+        .map(t => t.target)
+        .sort()
+        .join('\n');
+      if (ready !== this._readyTargets) {
+        this._readyTargets = ready;
+        if (ready) {
+          void this._loadKernels();
+        }
+      }
     } catch (error) {
       if (seq < this._shown) {
         return;
@@ -109,6 +152,7 @@ export class TunnelPanel extends Widget {
       this._hostsLoaded = true;
       void this._loadHosts();
     }
+    this._readyTargets = ''; // the kernelspecs are read again with the next list
     this._schedule(0);
   }
 
@@ -142,6 +186,26 @@ export class TunnelPanel extends Widget {
       // no suggestions; the form still works with typed host names
       console.warn('jupyter-tunnel: no host suggestions:', error);
     }
+  }
+
+  /** The kernelspecs of ours (all targets); the rows show those of their target. */
+  private async _loadKernels(): Promise<void> {
+    const seq = ++this._kernelsSent;
+    try {
+      const { installed } = await listKernels();
+      if (seq < this._kernelsShown) {
+        return; // an older answer than the one shown
+      }
+      this._kernelsShown = seq;
+      this._kernelspecs = installed;
+      this._render();
+    } catch (error) {
+      console.warn('jupyter-tunnel: cannot list the remote kernels:', error);
+    }
+  }
+
+  private _onSpecsChanged(): void {
+    void this._loadKernels();
   }
 
   private _setMissing(message: string | null): void {
@@ -207,6 +271,7 @@ export class TunnelPanel extends Widget {
         row.remove();
         this._rows.delete(name);
         this._closeErrors.delete(name);
+        this._kernelSections.delete(name);
       }
     }
     this._empty.hidden = this._tunnels.length > 0;
@@ -235,13 +300,16 @@ export class TunnelPanel extends Widget {
       target: '_blank',
       rel: 'noopener noreferrer'
     }, 'Open JupyterLab');
+    const kernels = new KernelsSection(this);
+    this._kernelSections.set(name, kernels);
     row.append(
       top,
       el('div', { class: 'jp-TunnelPanel-hops', 'data-testid': 'jt-hops' }),
       el('div', { class: 'jp-TunnelPanel-progress', 'data-testid': 'jt-progress' }),
       link,
       el('div', { class: 'jp-TunnelPanel-meta', 'data-testid': 'jt-meta' }),
-      el('div', { class: 'jp-TunnelPanel-error', 'data-testid': 'jt-error', role: 'status' })
+      el('div', { class: 'jp-TunnelPanel-error', 'data-testid': 'jt-error', role: 'status' }),
+      kernels.node
     );
     return row;
   }
@@ -289,6 +357,9 @@ export class TunnelPanel extends Widget {
     if (shown.textContent !== error) {
       shown.textContent = error; // unchanged text is not rewritten: no repeated announcements
     }
+    // a ready tunnel to a Jupyter (not a remote kernel's own tunnel) offers its kernels
+    const kernelsLive = t.state === 'ready' && !!t.url && t.jupyter !== false && !t.kernel;
+    this._kernelSections.get(t.name)?.update(t.hops || [], kernelsLive, this._kernelspecs);
   }
 
   /**
@@ -451,6 +522,12 @@ export class TunnelPanel extends Widget {
   private _tunnels: ITunnel[] = [];
   private _rows = new Map<string, HTMLLIElement>();
   private _closeErrors = new Map<string, string>();
+  private _kernelSections = new Map<string, KernelsSection>();
+  private _kernelspecs: IKernelSpec[] = [];
+  private _kernelspecManager: KernelSpec.IManager | null;
+  private _kernelsSent = 0;
+  private _kernelsShown = 0;
+  private _readyTargets = '';
   private _timer = 0;
   private _hostsLoaded = false;
   private _skew = 0;
