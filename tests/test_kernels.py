@@ -365,3 +365,30 @@ def test_kernels_from_a_notebook(net: Sandbox, data_dir: Path, tmp_path: Path) -
         cell = k.run("%tunnel kernels remove --all")
         assert "removed beast-python3" in text(cell)
     assert not (data_dir / "kernels" / "beast-python3").exists()
+
+
+@pytest.mark.network
+def test_a_kernel_whose_owner_is_there_lives_past_orphan_after(
+        net: Sandbox, data_dir: Path, manager: TunnelManager) -> None:
+    from jupyter_client.manager import KernelManager
+
+    specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
+                                                    "language": "python"},
+                  ssh_config=str(net.ssh_config))
+    spec_file = data_dir / "kernels" / "beast-python3" / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"]["orphan_after"] = 3
+    spec_file.write_text(json.dumps(spec))
+    km = KernelManager(kernel_name="beast-python3")
+    km.start_kernel()
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        time.sleep(8)  # nobody polls: only the owner's heartbeat tells beast it is there
+        out, reply = _run(kc, "print(6 * 7)")
+        assert reply["status"] == "ok" and out.strip() == "42"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert _kernel_files(net) == []
