@@ -124,7 +124,7 @@ async def test_install_list_remove(jp_fetch: Any, jp_data_dir: Path, net: Sandbo
     spec = json.loads((jp_data_dir / "kernels" / "beast-python3" / "kernel.json").read_text())
     assert spec["metadata"]["kernel_provisioner"]["config"]["cwd"] == "/tmp"
 
-    code, body, response = await call(jp_fetch, "DELETE", "kernels", "beast-python3")
+    code, body, _ = await call(jp_fetch, "DELETE", "kernels", "beast-python3")
     assert (code, body) == (204, None), body
     assert "beast-python3" not in kernel_dirs(jp_data_dir)
     code, listed, _ = await call(jp_fetch, "GET", "kernels")
