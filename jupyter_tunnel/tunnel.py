@@ -305,7 +305,7 @@ class Tunnel:
         if spec.jupyter:
             self._step(State.DETECTING)
             self.remote = self._find_remote()
-        if s.resume and (spec.jupyter or spec.forwards):
+        if s.resume and (spec.jupyter or spec.forwards or spec.reverse):
             self._start_resume(backend)
         if self.remote is not None:
             self.local_port = backend.forward_local(
@@ -314,8 +314,13 @@ class Tunnel:
             bound = backend.forward_local(forward.listen_port, forward.host, forward.port)
             self.forwards.append(forward_info(forward, bound))
         for forward in spec.reverse:
-            bound = backend.forward_remote(forward.listen_port, forward.host, forward.port,
-                                           forward.bind)
+            resumer = self._resumer
+            if resumer is not None:  # the helper listens there: its connections resume
+                bound = resumer.listen(forward.bind, forward.listen_port, forward.host,
+                                       forward.port)
+            else:
+                bound = backend.forward_remote(forward.listen_port, forward.host,
+                                               forward.port, forward.bind)
             self.forwards.append(forward_info(forward, bound))
         if self.remote is not None and self.local_port is not None:
             detect.wait_ready(self.remote, self.local_port, self.chain[-1].alias,
@@ -332,7 +337,7 @@ class Tunnel:
                                        outage=s.resume_outage),
                           hops=[{"host": h.alias, "user": h.user, "port": h.port}
                                 for h in self.chain],
-                          ssh_config=self.chain[-1].config_file)
+                          ssh_config=self.chain[-1].config_file, label=self.chain[-1].label)
         try:
             resumer.start(self.remote.pid if self.remote is not None else None)
         except ResumeUnavailable as exc:

@@ -18,6 +18,7 @@ from jupyter_tunnel.resume.frames import (
     MAX_PAYLOAD,
     VERSION,
     Ack,
+    Bound,
     Code,
     Data,
     Eof,
@@ -25,7 +26,9 @@ from jupyter_tunnel.resume.frames import (
     FrameDecoder,
     FrameError,
     Hello,
+    Listen,
     Mode,
+    Offer,
     ProtocolError,
     Refuse,
     Reset,
@@ -49,6 +52,12 @@ SAMPLES: list[Frame] = [
     Eof(0),
     Eof(12345),
     Reset(Code.OVERFLOW, "stream buffer limit of 16 bytes exceeded — ünïcode"),
+    Listen(1, 0),
+    Listen(2**32 - 1, 65535, "::1"),
+    Bound(1, 8888),
+    Bound(3, 0, Code.CONNECT, "port 22: Address already in use"),
+    Offer(1, frames.HELPER_IDS),
+    Offer(7, 2**64 - 1),
 ]
 
 #: a Python 3.8 to run the embedded source with, when pyenv has one
@@ -110,7 +119,7 @@ def test_oversized_length_is_refused_from_the_header_alone() -> None:
     assert decoder.pending <= 5
 
 
-@pytest.mark.parametrize("kind", [0, 8, 255])
+@pytest.mark.parametrize("kind", [0, 11, 255])
 def test_unknown_type(kind: int) -> None:
     with pytest.raises(FrameError, match="unknown frame type"):
         FrameDecoder().feed(raw(kind, b""))
@@ -295,3 +304,12 @@ def test_embedded_source_runs_on_python_38(tmp_path: Path) -> None:
         [PYTHON38[0], str(script)], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.stdout == "ok\n", out.stderr
+
+
+def test_listen_and_offer_refuse_malformed_bodies() -> None:
+    with pytest.raises(FrameError, match="LISTEN bind of a wrong size"):
+        FrameDecoder().feed(raw(Listen.TYPE, struct.pack(">IHB", 1, 0, 0)))
+    with pytest.raises(FrameError, match="below the helper's ids"):
+        FrameDecoder().feed(raw(Offer.TYPE, struct.pack(">IQ", 1, 5)))
+    with pytest.raises(FrameError, match="BOUND reason of a wrong size"):
+        FrameDecoder().feed(raw(Bound.TYPE, struct.pack(">IHBB", 1, 0, 6, 9) + b"x"))

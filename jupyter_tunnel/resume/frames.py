@@ -281,7 +281,98 @@ class Eof(Frame):
         return cls(_U64.unpack(body)[0])
 
 
-FRAME_TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Refuse, Data, Ack, Eof, Reset)}
+#: a reverse listener's id, port and bind address; a stream the helper starts
+_LISTEN = struct.Struct(">IHB")  # listen id, port, bind length
+_BOUND = struct.Struct(">IHBB")  # listen id, port (0: not bound), code, reason length
+_OFFER = struct.Struct(">IQ")  # listen id, stream id
+MAX_BIND = 255
+#: stream ids the helper gives (reverse streams) start here; the laptop's stay below
+HELPER_IDS = 2**62
+
+
+@dataclass(frozen=True)
+class Listen(Frame):
+    """Laptop to helper, on the control channel: listen on ``bind:port`` (0: any free
+    port) for a reverse forward ``listen_id``; answered by BOUND.  Asking again for a
+    listener that exists answers BOUND again (after a reconnect)."""
+
+    listen_id: int
+    port: int
+    bind: str = "127.0.0.1"
+
+    TYPE = 8
+    MAX_BODY = _LISTEN.size + MAX_BIND
+
+    def body(self) -> bytes:
+        bind = self.bind.encode("utf-8")
+        if not bind or len(bind) > MAX_BIND or not 0 <= self.port < 65536:
+            raise ValueError("LISTEN bind or port of a wrong size")
+        return _LISTEN.pack(self.listen_id, self.port, len(bind)) + bind
+
+    @classmethod
+    def parse(cls, body: bytes) -> Listen:
+        if len(body) < _LISTEN.size:
+            raise FrameError("LISTEN too short")
+        listen_id, port, n = _LISTEN.unpack_from(body)
+        if not n or len(body) != _LISTEN.size + n:
+            raise FrameError("LISTEN bind of a wrong size")
+        return cls(listen_id, port, _text(body[_LISTEN.size :], "LISTEN bind"))
+
+
+@dataclass(frozen=True)
+class Bound(Frame):
+    """Helper to laptop, on the control channel: listener ``listen_id`` listens on
+    ``port``; or (port 0) it could not, ``code`` and ``reason`` say why."""
+
+    listen_id: int
+    port: int
+    code: int = 0
+    reason: str = ""
+
+    TYPE = 9
+    MAX_BODY = _BOUND.size + MAX_REASON
+
+    def body(self) -> bytes:
+        reason = self.reason.encode("utf-8")[:MAX_REASON]
+        return _BOUND.pack(self.listen_id, self.port, self.code, len(reason)) + reason
+
+    @classmethod
+    def parse(cls, body: bytes) -> Bound:
+        if len(body) < _BOUND.size:
+            raise FrameError("BOUND too short")
+        listen_id, port, code, n = _BOUND.unpack_from(body)
+        if len(body) != _BOUND.size + n:
+            raise FrameError("BOUND reason of a wrong size")
+        return cls(listen_id, port, code, _text(body[_BOUND.size :], "BOUND reason"))
+
+
+@dataclass(frozen=True)
+class Offer(Frame):
+    """Helper to laptop, on the control channel: listener ``listen_id`` accepted a
+    connection, held as stream ``stream_id`` (at least HELPER_IDS); the laptop connects
+    its end and attaches with HELLO RESUME, or resets it."""
+
+    listen_id: int
+    stream_id: int
+
+    TYPE = 10
+    MAX_BODY = _OFFER.size
+
+    def body(self) -> bytes:
+        return _OFFER.pack(self.listen_id, self.stream_id)
+
+    @classmethod
+    def parse(cls, body: bytes) -> Offer:
+        if len(body) != _OFFER.size:
+            raise FrameError("OFFER of a wrong size")
+        listen_id, stream_id = _OFFER.unpack(body)
+        if stream_id < HELPER_IDS:
+            raise FrameError(f"OFFER of stream {stream_id}, below the helper's ids")
+        return cls(listen_id, stream_id)
+
+
+FRAME_TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Refuse, Data, Ack, Eof, Reset,
+                                         Listen, Bound, Offer)}
 #: no frame is longer than this: a decoder never buffers more than one frame of it
 MAX_FRAME = _HEADER.size + max(cls.MAX_BODY for cls in FRAME_TYPES.values())
 

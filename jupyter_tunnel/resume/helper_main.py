@@ -50,8 +50,8 @@ from .helper_loop import (
     TOMBSTONES,
     Channel,
     Held,
-    Loop,
 )
+from .helper_reverse import Reverse
 from .helper_start import Settings
 from .replay import Overflow, Stream
 
@@ -95,7 +95,7 @@ def _connect(where: tuple[str, int] | str) -> socket.socket:
     return sock
 
 
-class Helper(Loop):
+class Helper(Reverse):
     """One helper: the streams' frames, their targets, and how they end."""
 
     # --- frames -----------------------------------------------------------------------
@@ -114,8 +114,10 @@ class Helper(Loop):
                 self._close_after(ch)
             elif isinstance(frame, Ack):  # a keepalive: echoed, so the laptop can tell too
                 self._send(ch, frame)
+            elif self._reverse_frame(ch, frame):
+                pass
             else:
-                raise ProtocolError("only ACK and RESET on a control channel")
+                raise ProtocolError("only ACK, RESET and LISTEN on a control channel")
             return
         held = ch.held
         if held is None:
@@ -149,6 +151,7 @@ class Helper(Loop):
                 raise ProtocolError("a control channel has stream id 0")
             ch.control = True
             self._send(ch, Welcome(0))
+            self._control_opened(ch)
         elif hello.mode == Mode.NEW:
             self._new(ch, hello)
         else:
@@ -222,6 +225,7 @@ class Helper(Loop):
             self._refuse(ch, Code.BAD_RESUME, str(exc))
             return
         held.channel, ch.held = ch, held
+        self._claimed(hello.stream_id)
         ch.send(Welcome(held.told()))
         for frame in replay:
             ch.send(frame)
@@ -353,6 +357,7 @@ class Helper(Loop):
 
     def shutdown(self) -> None:
         """Reset every stream held, tell attached laptops, close everything."""
+        self._close_listeners()
         for held in list(self.streams.values()):
             try:
                 if held.finished:

@@ -45,7 +45,7 @@ from .near_loop import (
     NearStream,
     rst,
 )
-from .near_streams import Streams
+from .near_reverse import ReverseNear
 
 __all__ = ["NearEnd", "NearSettings", "NearStatus"]
 
@@ -67,7 +67,7 @@ class NearStatus:
     connections_total: int = 0  # local connections adopted
 
 
-class NearEnd(Streams):
+class NearEnd(ReverseNear):
     """The near end of a tunnel's resumable streams (see the module docstring).
 
     ``adopt``, ``poke``, ``status`` and ``close`` may be called from any thread;
@@ -98,6 +98,7 @@ class NearEnd(Streams):
         self._status = NearStatus()
         self._reported: tuple[int, int, bool] | None = None
         self._ended = False
+        self._reverse_setup()
 
     # --- the public side (any thread) ---------------------------------------------------
 
@@ -170,6 +171,7 @@ class NearEnd(Streams):
             self._delay, self._next_try = self.settings.retry_first, now
         for key, result in self._connector.results():
             self._connected(key, result, now)
+        self._reverse_tick(now)
         self._keepalive(now)
         for st in list(self._streams.values()):
             if st.stream.outage_exceeded(self.settings.outage, now):
@@ -258,6 +260,7 @@ class NearEnd(Streams):
             deadline = self._deadline or time.monotonic() + 5.0
         for sock, _ in inbox:
             rst(sock)
+        self._reverse_close()
         for st in list(self._streams.values()):
             st.stream.reset(Code.SHUTDOWN)
             if st.local is not None:

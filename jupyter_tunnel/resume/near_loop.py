@@ -120,6 +120,7 @@ class NearStream:
         self.fresh = True  # no NEW reached the helper as far as we know: say NEW, not RESUME
         self.opened = False  # the helper welcomed it once
         self.news = 0  # HELLO NEWs sent
+        self.offered = False  # a reverse forward's: the helper started it (near_reverse)
 
 
 Result = tuple[object, "socket.socket | OSError"]

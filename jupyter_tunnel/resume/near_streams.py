@@ -163,6 +163,8 @@ class Streams(Loop):
             self._delay = self.settings.retry_first
         elif isinstance(frame, Ack) and link.welcomed:
             pass  # a keepalive's echo: hearing it is what counts
+        elif link.welcomed and self._reverse_control(link, frame):
+            pass
         elif isinstance(frame, (Refuse, Reset)):
             self._error = f"{_name(frame.code)}: {frame.reason}"
             log.warning("resume: the helper refused the control link: %s", self._error)
@@ -171,6 +173,10 @@ class Streams(Loop):
             self._failed(time.monotonic(), self._error)
         else:
             raise FrameError(f"unexpected {type(frame).__name__.upper()} on the control link")
+
+    def _reverse_control(self, link: Link, frame: Frame) -> bool:
+        """BOUND and OFFER on the control link (near_reverse); False: not one of them."""
+        return False
 
     def _welcome(self, st: NearStream, link: Link, frame: Welcome) -> None:
         link.welcomed = True
@@ -192,7 +198,8 @@ class Streams(Loop):
 
     def _refused(self, st: NearStream, link: Link, frame: Refuse) -> None:
         code = frame.code
-        if not st.opened and link.mode == Mode.RESUME and code == Code.UNKNOWN_STREAM:
+        if not st.opened and link.mode == Mode.RESUME and code == Code.UNKNOWN_STREAM \
+                and not st.offered:
             st.fresh = True  # our NEW never reached the helper: say it again
             self._let_go(link)
         elif not st.opened and link.mode == Mode.RESUME and code == Code.BAD_RESUME:

@@ -1,8 +1,8 @@
 """The remote helper program of resumable streams, and how the laptop starts it.
 
 The program is our own modules joined into one source (``frames``, ``replay``,
-``helper_start``, ``helper_loop``, ``helper_main``; stdlib only, Python 3.8+), run by the
-Python of the last hop.  How it starts, with no input in its command line:
+``helper_start``, ``helper_loop``, ``helper_reverse``, ``helper_main``; stdlib only,
+Python 3.8+), run by the Python of the last hop.  How it starts, with no input in its command line:
 
 1. The laptop runs ``command()`` over SSH: ``python3 -I -c "import sys;exec(sys.stdin.
    buffer.readline())"``, fixed text that every login shell parses alike.
@@ -40,7 +40,8 @@ __all__ = ["CONTROL_TARGET", "HelperSettings", "command", "parse_reply", "progra
 
 #: joined in this order; each drops its ``from __future__`` and relative imports
 _MODULES = tuple(f"resume/{name}" for name in (
-    "frames.py", "replay.py", "helper_start.py", "helper_loop.py", "helper_main.py"))
+    "frames.py", "replay.py", "helper_start.py", "helper_loop.py", "helper_reverse.py",
+    "helper_main.py"))
 _RELATIVE = re.compile(r"^from \.+[\w.]* import (?:\([^)]*\)|[^\n]*)\n", re.MULTILINE)
 _FUTURE = "from __future__ import annotations\n"
 _PYTHON = re.compile(r"[A-Za-z0-9_./+-]+\Z")

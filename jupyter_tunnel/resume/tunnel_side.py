@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends import Backend
-from ..errors import TunnelError
+from ..errors import RemotePortRefused, TunnelError
 from . import launch
 from .near import NearEnd, NearSettings, NearStatus
 
@@ -43,10 +43,12 @@ class Resumer:
 
     def __init__(self, backend: Backend, host: str, tunnel_id: str,
                  limits: ResumeLimits | None = None, *,
-                 hops: list[dict[str, Any]] | None = None, ssh_config: str | None = None
-                 ) -> None:
+                 hops: list[dict[str, Any]] | None = None, ssh_config: str | None = None,
+                 label: str | None = None) -> None:
         self.backend = backend
         self.host = host
+        #: how errors name the target ("beast (beast.example.org:22)")
+        self.label = label or host
         #: how to reach the helper again (cleanup): each hop's {host, user, port}, first
         #: hop first, and the ssh config they were resolved with (None: the default)
         self.hops = hops or [{"host": host, "user": None, "port": None}]
@@ -103,6 +105,22 @@ class Resumer:
             return
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         near.adopt(sock, target)
+
+    def listen(self, bind: str, port: int, host: str, host_port: int) -> int:
+        """A reverse forward the helper holds: it listens on ``bind:port`` on the target
+        (0: a free port) and its connections reach ``host:host_port`` here, resumable;
+        the port bound.  RemotePortRefused when the target will not listen there."""
+        near = self._near
+        if near is None:
+            raise TunnelError("the resume helper is not running")
+        try:
+            return near.listen(bind, port, host, host_port)
+        except OSError as exc:
+            where = f"{bind}:{port}" if port else bind
+            raise RemotePortRefused(
+                f"{self.label} refused to listen on {where} for --reverse ({exc}). Choose "
+                f"another remote port, or free this one on {self.host}", hop=self.host
+            ) from None
 
     def reconnected(self) -> None:
         """The SSH connection is back: the helper runs (a new one if it ended meanwhile:
