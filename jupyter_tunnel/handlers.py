@@ -36,7 +36,8 @@ from tornado import web
 
 from .errors import TunnelError
 from .rest_errors import ApiError
-from .rest_service import TunnelService, parse_kernels_request, parse_open_request
+from .rest_kernels import parse_kernels_request
+from .rest_service import TunnelService, parse_open_request
 
 #: key of the TunnelService in the web app's settings
 SERVICE_KEY = "jupyter_tunnel_service"

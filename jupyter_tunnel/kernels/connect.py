@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .. import detect
 from ..errors import RemoteJupyterNotFound
+from ..login.questions import Ask
 from ..manager import TunnelManager
 from ..tunnel import Tunnel
 from .remote import RemoteKernels
@@ -31,8 +32,11 @@ class Connected:
 
 
 def connect(target: str, via: Iterable[str] | None, *, ssh_config: str | None = None,
-            manager: TunnelManager | None = None, purpose: str = "kernels") -> Connected:
-    """Open a tunnel named ``HOST-PURPOSE-XXXXXX`` to ``target``; the caller closes it."""
+            manager: TunnelManager | None = None, purpose: str = "kernels",
+            ask: Ask | None = None) -> Connected:
+    """Open a tunnel named ``HOST-PURPOSE-XXXXXX`` to ``target``; the caller closes it.
+    A hop that asks (a one-time code) asks through ``ask`` (default: the running cell, else
+    the terminal)."""
     from ..api import default_manager, make_spec
     from ..login.notebook import default_ask
 
@@ -41,7 +45,7 @@ def connect(target: str, via: Iterable[str] | None, *, ssh_config: str | None = 
                      name=f"{host}-{purpose}-{secrets.token_hex(3)}")
     manager = manager or default_manager()
     tunnel = manager.open(dataclasses.replace(spec, jupyter=False), None,
-                          default_ask(manager.answer_timeout))
+                          ask or default_ask(manager.answer_timeout))
     try:
         try:
             servers = detect.discover(tunnel.run_remote, tunnel.chain[-1].alias)

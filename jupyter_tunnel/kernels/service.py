@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import SpecError
+from ..login.questions import Ask
 from ..manager import TunnelManager
 from . import specs
 from .connect import connect
@@ -19,11 +20,11 @@ __all__ = ["install_remote", "installed", "list_remote", "remove", "running"]
 
 
 def list_remote(target: str, via: Iterable[str] | None = None, *,
-                ssh_config: str | None = None, manager: TunnelManager | None = None
-                ) -> list[dict[str, str]]:
+                ssh_config: str | None = None, manager: TunnelManager | None = None,
+                ask: Ask | None = None) -> list[dict[str, str]]:
     """The kernelspecs ``target`` offers: ``[{name, display_name, language,
-    interrupt_mode}]``."""
-    made = connect(target, via, ssh_config=ssh_config, manager=manager)
+    interrupt_mode}]``; a hop that asks asks through ``ask``."""
+    made = connect(target, via, ssh_config=ssh_config, manager=manager, ask=ask)
     try:
         found = made.kernels.specs()
     finally:
@@ -33,13 +34,13 @@ def list_remote(target: str, via: Iterable[str] | None = None, *,
 
 def install_remote(target: str, via: Iterable[str] | None = None, *,
                    kernels: Iterable[str] | None = None, cwd: str = "",
-                   ssh_config: str | None = None, manager: TunnelManager | None = None
-                   ) -> list[dict[str, Any]]:
+                   ssh_config: str | None = None, manager: TunnelManager | None = None,
+                   ask: Ask | None = None) -> list[dict[str, Any]]:
     """Install a local kernelspec for each of ``kernels`` on ``target`` (all by default);
     what was installed."""
     via = list(via or [])
     offered = {item["name"]: item for item in list_remote(target, via, ssh_config=ssh_config,
-                                                          manager=manager)}
+                                                          manager=manager, ask=ask)}
     wanted = list(kernels or []) or list(offered)
     missing = [k for k in wanted if k not in offered]
     if missing:
