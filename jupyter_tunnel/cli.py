@@ -101,6 +101,10 @@ class StatusApp(BaseTunnelApp):
                         f"{record.get('connections', 0)} connection(s) open"),
             ("resume", _resume_line(record.get("resume"))),
         ]
+        kernel = record.get("kernel")
+        if isinstance(kernel, dict):  # a remote kernel's own tunnel: closing it cuts it off
+            rows.append(("kernel", f"{kernel.get('kernelspec')} on {kernel.get('host')} (pid "
+                                   f"{kernel.get('pid')} there)"))
         for key, value in rows:
             if key == "why" and value is None:
                 continue

@@ -177,6 +177,9 @@ def test_a_kernel_on_beast(net: Sandbox, data_dir: Path, manager: TunnelManager)
         [tunnel] = manager.tunnels()
         ports = [f["local_port"] for f in tunnel.to_dict()["forwards"]]
         assert len(ports) == 5 and not any(port_is_free(p) for p in ports)
+        shown = subprocess.run([*JUPYTER, "status", tunnel.name], capture_output=True,
+                               text=True, check=True).stdout
+        assert f"kernel:      beast-python3 on beast (pid {pid} there)" in shown
 
         kc.execute("import time; time.sleep(120)")
         time.sleep(1.0)
