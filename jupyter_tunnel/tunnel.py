@@ -485,7 +485,9 @@ class Tunnel:
             self.attempt, self.next_try = 0, None
         if isinstance(self.ask, Mailbox):
             self.ask.close()  # a question waiting there ends now, its door with it
-        self._teardown()  # again after a failure: removes the record kept to say why
+        # again after a failure: removes the record kept to say why; but a record that
+        # names a remote kernel not ended (its target was unreachable) stays for cleanup
+        self._teardown(keep_record=self.kernel is not None)
         self._emit("state")
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -10,14 +10,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import port_is_free
 
-from jupyter_tunnel import api
 from jupyter_tunnel.errors import KernelSpecNotFound
 from jupyter_tunnel.kernels import specs
 from jupyter_tunnel.kernels.remote import RemoteKernels
@@ -96,12 +94,9 @@ def test_the_nanny_refuses_bad_requests(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def manager(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TunnelManager]:
-    """The manager the provisioner's tunnels go to (this test's registry)."""
-    made = TunnelManager(owner="python")
-    monkeypatch.setattr(api, "_manager", made)
-    yield made
-    made.close_all()
+def registry(runtime_dir: Path) -> TunnelManager:
+    """A manager that reads this test's registry (the provisioner has its own)."""
+    return TunnelManager(owner="python")
 
 
 def _cli(net: Sandbox, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -153,7 +148,7 @@ def _run(kc: Any, code: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
 
 
 @pytest.mark.network
-def test_a_kernel_on_beast(net: Sandbox, data_dir: Path, manager: TunnelManager) -> None:
+def test_a_kernel_on_beast(net: Sandbox, data_dir: Path, registry: TunnelManager) -> None:
     from jupyter_client.manager import KernelManager
 
     specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
@@ -174,7 +169,8 @@ def test_a_kernel_on_beast(net: Sandbox, data_dir: Path, manager: TunnelManager)
         assert ns == beast_ns != os.readlink("/proc/self/ns/net")
         assert net.jupyter is not None and cwd == str(net.jupyter.root_dir)
         assert _beast_has(net, int(pid))
-        [tunnel] = manager.tunnels()
+        tunnel = km.provisioner._tunnel  # type: ignore[union-attr]
+        assert [r["name"] for r in registry.list()] == [tunnel.name]
         ports = [f["local_port"] for f in tunnel.to_dict()["forwards"]]
         assert len(ports) == 5 and not any(port_is_free(p) for p in ports)
         shown = subprocess.run([*JUPYTER, "status", tunnel.name], capture_output=True,
@@ -201,12 +197,12 @@ def test_a_kernel_on_beast(net: Sandbox, data_dir: Path, manager: TunnelManager)
         km.shutdown_kernel(now=False)
     assert not _beast_has(net, int(pid))
     assert _kernel_files(net) == []
-    assert manager.tunnels() == [] and manager.list() == []
+    assert registry.list() == []
 
 
 @pytest.mark.network
 def test_a_kernel_that_cannot_start_leaves_no_tunnel(net: Sandbox, data_dir: Path,
-                                                     manager: TunnelManager) -> None:
+                                                     registry: TunnelManager) -> None:
     from jupyter_client.manager import KernelManager
 
     specs.install("beast", ["unicorn"], "nope", {"display_name": "Nope", "language": "x"},
@@ -214,7 +210,7 @@ def test_a_kernel_that_cannot_start_leaves_no_tunnel(net: Sandbox, data_dir: Pat
     km = KernelManager(kernel_name="beast-nope")
     with pytest.raises(Exception, match="no kernel named 'nope' here"):
         km.start_kernel()
-    assert manager.tunnels() == [] and manager.list() == []
+    assert registry.list() == []
 
 
 OWNER = """
@@ -285,24 +281,27 @@ LINES = 40  # as the issue's user: a line a second for 40 s, the link cut for 20
 
 
 @pytest.mark.network
-def test_a_cell_printing_through_an_outage_loses_no_line(
-        net: Sandbox, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cell_printing_through_an_outage_loses_no_line(net: Sandbox, data_dir: Path
+                                                        ) -> None:
     from jupyter_client.manager import KernelManager
 
     if not net.netns:
         pytest.skip("cutting the link needs the namespace network")
-    made = TunnelManager(owner="python", keepalive_interval=1, keepalive_count_max=2)
-    monkeypatch.setattr(api, "_manager", made)
+    from traitlets.config import Config
+
     specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
                                                     "language": "python"},
                   ssh_config=str(net.ssh_config))
-    km = KernelManager(kernel_name="beast-python3")
+    # the kernel's tunnel takes c.TunnelManager.* from its kernel manager's config
+    config = Config({"TunnelManager": {"keepalive_interval": 1, "keepalive_count_max": 2}})
+    km = KernelManager(kernel_name="beast-python3", config=config)
     km.start_kernel()
     kc = km.client()
     try:
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
-        [tunnel] = made.tunnels()
+        tunnel = km.provisioner._tunnel  # type: ignore[union-attr]
+        assert tunnel.settings.keepalive_interval == 1
         msg_id = kc.execute(f"import time\nfor i in range({LINES}):\n"
                             "    print('line', i, flush=True)\n    time.sleep(1)")
         lines: list[str] = []
@@ -340,7 +339,6 @@ def test_a_cell_printing_through_an_outage_loses_no_line(
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
-        made.close_all()
     assert _kernel_files(net) == []
 
 
@@ -372,7 +370,7 @@ def test_kernels_from_a_notebook(net: Sandbox, data_dir: Path, tmp_path: Path) -
 
 @pytest.mark.network
 def test_a_kernel_whose_owner_is_there_lives_past_orphan_after(
-        net: Sandbox, data_dir: Path, manager: TunnelManager) -> None:
+        net: Sandbox, data_dir: Path, registry: TunnelManager) -> None:
     from jupyter_client.manager import KernelManager
 
     specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
@@ -395,3 +393,54 @@ def test_a_kernel_whose_owner_is_there_lives_past_orphan_after(
         kc.stop_channels()
         km.shutdown_kernel(now=False)
     assert _kernel_files(net) == []
+
+
+OWNER_SHUTDOWN = """
+import json, sys
+from jupyter_client.manager import KernelManager
+from traitlets.config import Config
+config = Config({"TunnelManager": {"keepalive_interval": 1, "keepalive_count_max": 2}})
+km = KernelManager(kernel_name=sys.argv[1], config=config)
+km.start_kernel()
+print(json.dumps(km.provisioner._tunnel.kernel), flush=True)
+sys.stdin.readline()
+km.shutdown_kernel(now=True)  # the link is cut: beast cannot be told
+print("shut", flush=True)
+"""
+
+
+@pytest.mark.network
+def test_a_shutdown_during_an_outage_leaves_the_kernel_to_cleanup(net: Sandbox,
+                                                                  data_dir: Path) -> None:
+    if not net.netns:
+        pytest.skip("cutting the link needs the namespace network")
+    specs.install("beast", ["unicorn"], "python3", {"display_name": "Python 3",
+                                                    "language": "python"},
+                  ssh_config=str(net.ssh_config))
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_SHUTDOWN, "beast-python3"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdin is not None
+        kernel = json.loads(owner.stdout.readline())
+        net.cut_link()
+        try:
+            deadline = time.monotonic() + 30
+            while not any(r["state"] == "reconnecting" for r in TunnelManager().list()):
+                assert time.monotonic() < deadline, "the cut was not noticed"
+                time.sleep(0.2)
+            owner.stdin.write("go\n")
+            owner.stdin.flush()
+            assert owner.stdout.readline().strip() == "shut"  # no exception, no hang
+            assert owner.wait(30) == 0
+        finally:
+            net.restore_link()
+    finally:
+        owner.kill()
+        owner.wait()
+    assert _beast_has(net, kernel["pid"])  # beast could not be told: it runs on
+    [record] = TunnelManager().list()
+    assert record["orphaned"] and record["kernel"]["pid"] == kernel["pid"]
+    report = json.loads(subprocess.run([*JUPYTER, "cleanup", "--json"], capture_output=True,
+                                       text=True, timeout=120, check=True).stdout)
+    assert any(e.get("command") == "the remote kernel on beast" for e in report["ended"])
+    assert not _beast_has(net, kernel["pid"]) and _kernel_files(net) == []

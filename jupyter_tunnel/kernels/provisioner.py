@@ -24,6 +24,8 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Float, List, Unicode
 
 from ..errors import RemoteKernelError, TunnelError
+from ..login.mailbox import Mailbox
+from ..manager import TunnelManager
 from ..state import State
 from .connect import connect
 from .nanny import PORT_NAMES
@@ -60,6 +62,7 @@ class TunnelProvisioner(KernelProvisionerBase):
     _root_dir = ""
     _stopping = False
     _beat: threading.Event | None = None
+    _manager: TunnelManager | None = None
     #: the local ports of the kernel's five, kept across restarts (clients stay connected)
     _ports: dict[str, int] | None = None
 
@@ -118,19 +121,28 @@ class TunnelProvisioner(KernelProvisionerBase):
                     info[name] = tunnel.add_forward("127.0.0.1", port)
             self._ports = {name: info[name] for name in PORT_NAMES}
         except (TunnelError, KeyError, TypeError, ValueError) as exc:
-            self._stop_remote()
+            # jupyter_client calls no cleanup after a failed launch: leave nothing here
+            self._cleanup(restart=self._ports is not None)
             raise RemoteKernelError(f"could not forward the kernel's ports: {exc}") from None
         self.connection_info = info  # type: ignore[assignment]
         return info  # type: ignore[return-value]
 
     def _connect(self) -> tuple[Any, RemoteKernels]:
         """The kernel's own tunnel (opened on first use) and its target's kernels."""
-        if self._tunnel is not None and self._tunnel.state not in (State.CLOSED,
-                                                                   State.FAILED):
+        old = self._tunnel
+        if old is not None and old.state not in (State.CLOSED, State.FAILED):
             assert self._remote is not None
-            return self._tunnel, self._remote
+            return old, self._remote
+        if old is not None:
+            old.close()  # failed: its kept record must not linger in the list
+        if self._manager is None:
+            # configured like everything under this kernel's manager (c.TunnelManager.*);
+            # a hop's question waits on the tunnel's row (the panel, `jupyter tunnel
+            # answer NAME`), never on a Jupyter server's terminal
+            self._manager = TunnelManager(parent=self, owner="python")
         made = connect(self.target, self.via, ssh_config=self.ssh_config or None,
-                       purpose="kernel")
+                       purpose="kernel", manager=self._manager,
+                       ask=Mailbox(self._manager.answer_timeout + 5))
         self._tunnel, self._remote, self._root_dir = made.tunnel, made.kernels, made.root_dir
         self._ports = None  # a new tunnel: new local ports
         return made.tunnel, made.kernels
@@ -179,7 +191,10 @@ class TunnelProvisioner(KernelProvisionerBase):
         rid, remote = self._rid, self._remote
         if rid is None or remote is None:
             return
-        await asyncio.to_thread(remote.signal, rid, int(signum))
+        try:
+            await asyncio.to_thread(remote.signal, rid, int(signum))
+        except RemoteKernelError as exc:  # an outage: the shutdown that may follow goes on
+            self.log.warning("could not signal the remote kernel: %s", exc.message)
 
     async def kill(self, restart: bool = False) -> None:
         await asyncio.to_thread(self._stop_remote)
@@ -196,17 +211,19 @@ class TunnelProvisioner(KernelProvisionerBase):
     async def cleanup(self, restart: bool = False) -> None:
         await asyncio.to_thread(self._cleanup, restart)
 
-    def _stop_remote(self) -> None:
+    def _stop_remote(self) -> bool:
+        """End the remote kernel; False if the target could not be reached."""
         rid, remote = self._rid, self._remote
         if rid is None or remote is None:
-            return
+            return True
         try:
             remote.stop(rid)
         except RemoteKernelError as exc:
             self.log.warning("the remote kernel %s on %s: %s", rid, remote.host, exc.message)
-            return
+            return False
         if self._exit is None:
             self._exit = -signal.SIGKILL
+        return True
 
     def _start_beat(self, rid: str) -> None:
         """Tell the nanny we are here even when nobody polls (nbclient, a long cell): it
@@ -229,9 +246,11 @@ class TunnelProvisioner(KernelProvisionerBase):
         stay for a restart (same ports), else they close."""
         if self._beat is not None:
             self._beat.set()
-        self._stop_remote()
+        stopped = self._stop_remote()
         self._rid = None
-        if self._tunnel is not None:
+        if self._tunnel is not None and stopped:
+            # else the record keeps the kernel: once this process is gone, `cleanup` ends
+            # it on the target (the tunnel's close keeps a record that names a kernel)
             self._tunnel.set_kernel(None)
         if restart:
             return
