@@ -48,6 +48,8 @@ BackendFactory = Callable[..., Backend]
 
 
 _ADD_LOCK = threading.Lock()
+#: reverse forwards the resume helper may listen for (others are sshd's, as with ssh -R)
+LOOPBACK_BINDS = ("127.0.0.1", "localhost", "::1")
 
 
 def forward_info(forward: Forward, bound: int) -> dict[str, Any]:
@@ -315,7 +317,9 @@ class Tunnel:
             self.forwards.append(forward_info(forward, bound))
         for forward in spec.reverse:
             resumer = self._resumer
-            if resumer is not None:  # the helper listens there: its connections resume
+            # the helper listens there and its connections resume, on loopback only: any
+            # other bind address stays sshd's to allow or refuse (GatewayPorts, PermitListen)
+            if resumer is not None and forward.bind in LOOPBACK_BINDS:
                 bound = resumer.listen(forward.bind, forward.listen_port, forward.host,
                                        forward.port)
             else:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import port_is_free
 
-from jupyter_tunnel.errors import KernelSpecNotFound
+from jupyter_tunnel.errors import KernelSpecNotFound, SpecError
 from jupyter_tunnel.kernels import specs
 from jupyter_tunnel.kernels.remote import RemoteKernels
 from jupyter_tunnel.manager import TunnelManager
@@ -64,6 +64,13 @@ def test_install_list_remove(data_dir: Path) -> None:
     specs.remove("beast-python3")
     assert not (data_dir / "kernels" / "beast-python3").exists()
     assert foreign.exists()
+    taken = data_dir / "kernels" / "beast-ir"
+    taken.mkdir()
+    (taken / "kernel.json").write_text(json.dumps({"argv": ["R"], "display_name": "Mine",
+                                                   "language": "R"}))
+    with pytest.raises(SpecError, match=r"'beast-ir' exists .* jupyter tunnel did not install"):
+        specs.install("beast", [], "ir", {"display_name": "R"})
+    assert json.loads((taken / "kernel.json").read_text())["display_name"] == "Mine"
 
 
 def _local(command: str, timeout: float, stdin: str | None) -> tuple[int, str, str]:

@@ -136,12 +136,14 @@ def test_a_connection_made_during_the_outage_waits_on_beast(net: Sandbox,
     if not net.netns:
         need("cutting the link needs the namespace network")
     port = remote_port(net) + 7100
+    clients: list[subprocess.Popen[str]] = []
     with _tunnel(net, "openssh", port, echo.port) as tunnel:
         net.cut_link()
         try:
             _wait(lambda: tunnel.state.value == "reconnecting", 20, "the cut noticed")
             client = net.popen_in("beast", [sys.executable, "-c", CLIENT, str(port), "64"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            clients.append(client)
             assert client.stdout is not None and client.stdin is not None
             assert client.stdout.readline().strip() == "half"  # beast took the connection
             client.stdin.write("go\n")
@@ -150,9 +152,56 @@ def test_a_connection_made_during_the_outage_waits_on_beast(net: Sandbox,
             assert client.poll() is None and echo.connections == 0  # held meanwhile
         finally:
             net.restore_link()
-        digest, length = client.stdout.readline().split()
-        assert client.wait(30) == 0
+        try:
+            digest, length = client.stdout.readline().split()
+            assert client.wait(30) == 0
+        finally:
+            for made in clients:
+                made.kill()
+                made.wait()
         payload = random.Random(5).randbytes(64)
         assert (digest, int(length)) == (hashlib.sha256(payload).hexdigest(), 64)
         assert echo.connections == 1
     assert _listening_on_beast(net, port) == ""  # closing the tunnel frees the port there
+
+
+def _round_trip(net: Sandbox, port: int) -> None:
+    client = net.popen_in("beast", [sys.executable, "-c", CLIENT, str(port), "4096"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = client.communicate("go\n", timeout=60)
+    finally:
+        client.kill()
+    digest, length = out.split()[-2:]
+    payload = random.Random(5).randbytes(4096)
+    assert (digest, int(length)) == (hashlib.sha256(payload).hexdigest(), 4096)
+
+
+def test_a_helper_started_anew_listens_again(net: Sandbox, echo: Echo) -> None:
+    port = remote_port(net) + 7200
+    with _tunnel(net, "openssh", port, echo.port) as tunnel:
+        for _ in range(3):
+            _round_trip(net, port)
+        helper = tunnel.to_dict()["resume"]["helper_pid"]
+        net.run_in("beast", ["kill", "-9", str(helper)], check=True)
+        net.kill_sessions("unicorn")  # the reconnect starts a new helper, which binds again
+        _wait(lambda: tunnel.reconnects >= 1 and tunnel.state.value == "ready", 30,
+              "a reconnect")
+        _wait(lambda: "python" in _listening_on_beast(net, port), 30, "the port bound again")
+        assert tunnel.to_dict()["resume"]["helper_pid"] != helper
+        for _ in range(3):  # the new helper's streams are not mistaken for the old ones
+            _round_trip(net, port)
+        assert echo.connections == 6
+
+
+def test_a_reverse_forward_on_another_address_stays_sshds(net: Sandbox, echo: Echo) -> None:
+    port = remote_port(net) + 7300
+    manager = TunnelManager(ssh_config=str(net.ssh_config))
+    spec = build_spec("beast via unicorn", jupyter=False,
+                      reverse=[f"0.0.0.0:{port}:127.0.0.1:{echo.port}"])
+    with manager.open(spec) as tunnel:
+        assert tunnel.to_dict()["resume"] is not None  # resume is on, but not for this one
+        listening = _listening_on_beast(net, port)
+        assert "sshd" in listening and "python" not in listening
+        # sshd's GatewayPorts no: loopback only
+        assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening

@@ -204,6 +204,8 @@ def _launch(argv: list[str], env: dict[str, str], cwd: str, log: int) -> int:
             os.dup2(log, 1)
             os.dup2(log, 2)
             os.execvpe(argv[0], argv, env)  # noqa: S606 (the kernelspec's argv, no shell)
+        except OSError as exc:
+            os.write(2, f"jupyter_tunnel: cannot run {argv[0]}: {exc}\n".encode())
         finally:
             os._exit(127)
     return pid
@@ -215,10 +217,13 @@ def _watch(kernel: int, paths: dict[str, str], state: dict[str, Any],
     while True:
         done, status = os.waitpid(kernel, os.WNOHANG)
         if done:
-            state["exit"] = os.waitstatus_to_exitcode(status) \
-                if hasattr(os, "waitstatus_to_exitcode") else status
+            state["exit"] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) \
+                else os.WEXITSTATUS(status)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(paths["json"])  # the key: no use once the kernel is gone
             if os.path.exists(paths["state"]):
                 _write_private(paths["state"], json.dumps(state))
+            _end_group(kernel)  # what it started and left behind
             return
         try:
             beat = os.stat(paths["beat"]).st_mtime
@@ -229,17 +234,33 @@ def _watch(kernel: int, paths: dict[str, str], state: dict[str, Any],
         time.sleep(0.25)
 
 
-def _end_group(pid: int) -> None:
+def _end_group(pgid: int) -> None:
+    """End the kernel's process group: SIGTERM, then SIGKILL for what is left of it."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(pid, signum)
+            os.killpg(pgid, signum)
         except OSError:
-            return
+            return  # no process left in the group
         deadline = time.monotonic() + STOP_GRACE
         while time.monotonic() < deadline:
-            if proc_start(pid) is None or _zombie(pid):
+            if not _group_alive(pgid):
                 return
             time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` runs (a zombie leader does not count)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _zombie(pid: int) -> bool:
@@ -277,8 +298,8 @@ def send_signal(req: dict[str, Any]) -> dict[str, Any]:
         raise StartError("signum must be a signal number")
     if not _same(state.get("pid"), state.get("started")) or _zombie(state["pid"]):
         return {"alive": False}
-    if signum:
-        os.kill(state["pid"], signum)
+    if signum:  # to its process group, as jupyter_client signals a local kernel
+        os.killpg(state["pid"], signum)
     return {"alive": True}
 
 

@@ -54,6 +54,13 @@ def program() -> str:
     return remote.join_modules(_MODULES, "main_kernels()")
 
 
+def command(python: str) -> str:
+    """The command line of the nanny program (nothing from input but a checked path)."""
+    if not _PATH.match(python):
+        raise RemoteKernelError(f"not a plain path to a Python: {python!r}")
+    return f'{python} -c "{remote.LOADER}"'
+
+
 class RemoteKernels:
     """The kernels of one target, asked through ``run`` with the Python of ``jupyter_pid``
     (the target's Jupyter server; None: python3 on the PATH)."""
@@ -80,6 +87,9 @@ class RemoteKernels:
             if status != 0 or not _PATH.match(path):
                 if self._any:
                     raise RemoteKernelError(f"no Python 3.8+ on {self.host}")
+                if path and not _PATH.match(path):
+                    raise RemoteKernelError(f"the Python on {self.host} has a path this "
+                                            f"cannot use safely: {path!r}")
                 raise RemoteKernelError(
                     f"no Python with jupyter_client on {self.host}: remote kernels need the "
                     "Python of a Jupyter server there (or python3 with jupyter_client on the "
@@ -91,7 +101,9 @@ class RemoteKernels:
         """Send one request; its answer, or RemoteKernelError with the target's words."""
         stdin = remote.stdin_for(program(), "jupyter-tunnel-kernels", json.dumps(request))
         try:
-            status, out, err = self._run(remote.command(self.python), timeout,
+            # not isolated (-I), unlike the resume helper: jupyter_client may come from the
+            # user's site-packages or PYTHONPATH there, as the finder saw it
+            status, out, err = self._run(command(self.python), timeout,
                                          stdin.decode("utf-8"))
         except TunnelError as exc:
             raise RemoteKernelError(f"{self.host}: {exc.message}") from None

@@ -47,6 +47,16 @@ def install(target: str, via: list[str], remote_kernel: str, info: dict[str, str
     name = name or spec_name(target, remote_kernel)
     if not _NAME.match(name):
         raise SpecError(f"invalid kernelspec name {name!r}")
+    existing = KernelSpecManager().find_kernel_specs().get(name)
+    if existing is not None:
+        try:
+            mine = _ours(json.loads((Path(existing) / "kernel.json").read_text()))
+        except (OSError, ValueError):
+            mine = False
+        if not mine:
+            raise SpecError(f"a kernelspec named {name!r} exists ({existing}) and jupyter "
+                            "tunnel did not install it: left alone; remove it first "
+                            "(jupyter kernelspec remove) to install this one")
     host = target.rsplit("@", 1)[-1]
     display = f"{info.get('display_name') or remote_kernel} on {host}"
     config: dict[str, Any] = {"target": target, "via": list(via),

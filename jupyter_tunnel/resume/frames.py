@@ -343,7 +343,8 @@ class Bound(Frame):
         listen_id, port, code, n = _BOUND.unpack_from(body)
         if len(body) != _BOUND.size + n:
             raise FrameError("BOUND reason of a wrong size")
-        return cls(listen_id, port, code, _text(body[_BOUND.size :], "BOUND reason"))
+        # cut at MAX_REASON bytes by the sender, perhaps inside a character
+        return cls(listen_id, port, code, body[_BOUND.size :].decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ made meanwhile waits, held, within the outage limit.
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import time
@@ -35,7 +36,9 @@ class Reverse(Loop):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.rlisteners: dict[int, tuple[socket.socket, int]] = {}  # id -> socket, port
-        self.next_sid = HELPER_IDS
+        # a helper started anew must not reuse the ids of one before it: the laptop
+        # remembers offers it took
+        self.next_sid = HELPER_IDS + (random.getrandbits(40) << 20)
         self.unclaimed: dict[int, int] = {}  # stream id -> listen id, offered, not attached
 
     def _reverse_frame(self, ch: Channel, frame: Frame) -> bool:

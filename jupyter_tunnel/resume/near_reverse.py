@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SEEN_OFFERS = 4096
 #: a local target must accept within this long
 CONNECT_TIMEOUT = 10.0
+#: a listener the helper lost (started anew, its port taken meanwhile) is asked for again
+RELISTEN = 5.0
 
 
 @dataclass(eq=False)
@@ -39,6 +41,7 @@ class _Listener:
     port: int  # asked for (0: any), then the bound one
     target: tuple[str, int]
     sent_on: Link | None = None
+    retry_at: float = 0.0
     bound: bool = False
     error: str = ""
     done: threading.Event = field(default_factory=threading.Event)
@@ -72,8 +75,8 @@ class ReverseNear(Streams):
             if not answered or not entry.bound:
                 self._listeners.pop(lid, None)
         if not answered:
-            raise OSError(f"the resume helper did not answer for {bind}:{port} within "
-                          f"{timeout:g}s")
+            raise TimeoutError(f"the resume helper did not answer for {bind}:{port} within "
+                               f"{timeout:g}s")
         if not entry.bound:
             raise OSError(entry.error)
         return entry.port
@@ -100,9 +103,11 @@ class ReverseNear(Streams):
                     entry.port, entry.bound, entry.error = frame.port, True, ""
                 else:
                     entry.error = frame.reason or "the helper could not listen"
-                    if entry.bound:  # asked again after a reconnect, and lost
-                        log.warning("resume: reverse forward %s:%d is gone: %s", entry.bind,
-                                    entry.port, entry.error)
+                    if entry.bound:  # a helper started anew could not bind it: ask again
+                        log.warning("resume: reverse forward %s:%d is gone: %s; asking "
+                                    "again in %gs", entry.bind, entry.port, entry.error,
+                                    RELISTEN)
+                        entry.sent_on, entry.retry_at = None, time.monotonic() + RELISTEN
                 entry.done.set()
             return True
         if isinstance(frame, Offer):
@@ -134,7 +139,7 @@ class ReverseNear(Streams):
         if control is None or not control.welcomed:
             return
         for entry in listeners:
-            if entry.sent_on is not control:
+            if entry.sent_on is not control and now >= entry.retry_at:
                 entry.sent_on = control
                 control.send(Listen(entry.lid, entry.port, entry.bind))
         self._flush(control)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends import Backend
-from ..errors import RemotePortRefused, TunnelError
+from ..errors import HopTimeout, RemotePortRefused, TunnelError
 from . import launch
 from .near import NearEnd, NearSettings, NearStatus
 
@@ -115,6 +115,8 @@ class Resumer:
             raise TunnelError("the resume helper is not running")
         try:
             return near.listen(bind, port, host, host_port)
+        except TimeoutError as exc:
+            raise HopTimeout(f"{self.label}: {exc}", hop=self.host) from None
         except OSError as exc:
             where = f"{bind}:{port}" if port else bind
             raise RemotePortRefused(
