@@ -385,7 +385,8 @@ def test_a_kernel_whose_owner_is_there_lives_past_orphan_after(
                   ssh_config=str(net.ssh_config))
     spec_file = data_dir / "kernels" / "beast-python3" / "kernel.json"
     spec = json.loads(spec_file.read_text())
-    spec["metadata"]["kernel_provisioner"]["config"]["orphan_after"] = 3
+    # a beat every 1.5 s (a quarter): a slow one under load still comes well within 6 s
+    spec["metadata"]["kernel_provisioner"]["config"]["orphan_after"] = 6
     spec_file.write_text(json.dumps(spec))
     km = KernelManager(kernel_name="beast-python3")
     km.start_kernel()
@@ -393,7 +394,7 @@ def test_a_kernel_whose_owner_is_there_lives_past_orphan_after(
     try:
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
-        time.sleep(8)  # nobody polls: only the owner's heartbeat tells beast it is there
+        time.sleep(14)  # nobody polls: only the owner's heartbeat tells beast it is there
         out, reply = _run(kc, "print(6 * 7)")
         assert reply["status"] == "ok" and out.strip() == "42"
     finally:
