@@ -221,9 +221,12 @@ def test_a_kernel_that_cannot_start_leaves_no_tunnel(net: Sandbox, data_dir: Pat
 
 
 OWNER = """
-import json, sys, time
+import json, os, sys, time
 from jupyter_client.manager import KernelManager
-km = KernelManager(kernel_name=sys.argv[1])
+from jupyter_core.paths import jupyter_runtime_dir
+# the connection file in the test's runtime folder: this process is killed, nothing removes it
+km = KernelManager(kernel_name=sys.argv[1],
+                   connection_file=os.path.join(jupyter_runtime_dir(), "kernel-owner.json"))
 km.start_kernel()
 print(json.dumps(km.provisioner._tunnel.kernel), flush=True)
 time.sleep(600)
@@ -404,11 +407,13 @@ def test_a_kernel_whose_owner_is_there_lives_past_orphan_after(
 
 
 OWNER_SHUTDOWN = """
-import json, sys
+import json, os, sys
 from jupyter_client.manager import KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from traitlets.config import Config
 config = Config({"TunnelManager": {"keepalive_interval": 1, "keepalive_count_max": 2}})
-km = KernelManager(kernel_name=sys.argv[1], config=config)
+km = KernelManager(kernel_name=sys.argv[1], config=config,
+                   connection_file=os.path.join(jupyter_runtime_dir(), "kernel-owner.json"))
 km.start_kernel()
 print(json.dumps(km.provisioner._tunnel.kernel), flush=True)
 sys.stdin.readline()

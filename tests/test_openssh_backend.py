@@ -196,7 +196,8 @@ def test_forwards_and_multiplexing_of_the_users_config_are_not_started(
 def test_a_remote_port_of_another_tunnel_on_the_same_master_is_refused(
         net: Sandbox, runtime_dir: Path, ssh_client: None) -> None:
     port = free_port()
-    manager = TunnelManager(ssh_config=str(net.ssh_config), backend="openssh")
+    # ssh -R through the shared master (resumable reverse forwards are the helper's own)
+    manager = TunnelManager(ssh_config=str(net.ssh_config), backend="openssh", resume=False)
     spec = f"{port + 1}:127.0.0.1:{port}"
     first = manager.open(build_spec("beast via unicorn", name="first", jupyter=False,
                                     reverse=[spec]))

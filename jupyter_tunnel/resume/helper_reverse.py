@@ -15,6 +15,7 @@ made meanwhile waits, held, within the outage limit.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
@@ -56,9 +57,9 @@ class Reverse(Loop):
         family = socket.AF_INET6 if ":" in frame.bind else socket.AF_INET
         try:
             sock = socket.create_server((frame.bind, frame.port), family=family, backlog=64)
-        except OSError as exc:
-            self._send(ch, Bound(frame.listen_id, 0, Code.CONNECT,
-                                 f"{frame.bind}:{frame.port}: {exc.strerror or exc}"))
+        except OSError as exc:  # its strerror names the address again: the errno's words
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            self._send(ch, Bound(frame.listen_id, 0, Code.CONNECT, why))
             return True
         sock.setblocking(False)
         port = sock.getsockname()[1]
