@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from urllib.parse import urlsplit
+
 
 def human_bytes(n: object) -> str:
     """``1.5 MB``: bytes for people (decimal units)."""
@@ -35,3 +38,22 @@ def resume_text(info: object) -> str:
         return (f"{held} connection{'s' if held != 1 else ''} held, "
                 f"{human_bytes(info.get('buffered', 0))} buffered")
     return "connections resume after an outage"
+
+
+def under_hub() -> bool:
+    """Whether this process runs under JupyterHub: a kernel started by a hub's single-user
+    server inherits ``JUPYTERHUB_SERVICE_PREFIX``. The browser is then usually on another
+    machine, where a tunnel's ``http://127.0.0.1:PORT/`` leads nowhere."""
+    return bool(os.environ.get("JUPYTERHUB_SERVICE_PREFIX"))
+
+
+def hub_note(hops: list[str], url: str) -> str:
+    """What replaces a tunnel's link under a hub: where it listens, as text (no scheme, so
+    no frontend turns it into a link; no query, so no token), and what to use instead."""
+    parts = urlsplit(url)
+    where = f"{parts.netloc}{parts.path}".rstrip("/")
+    target = hops[-1] if hops else "the target"
+    via = "".join(f" via {hop}" for hop in hops[:-1])
+    return (f"{target}'s JupyterLab listens on the hub's machine ({where}), not reachable "
+            f"from this browser: use {target}'s kernels here instead "
+            f"(%tunnel kernels install {target}{via})")

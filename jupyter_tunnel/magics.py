@@ -22,6 +22,7 @@ from IPython.display import display as _display
 
 from .api import make_spec
 from .errors import ConfigError, SpecError, TunnelError, TunnelExists, TunnelNotFound
+from .humanize import hub_note, under_hub
 from .login.notebook import NotebookAsk
 from .magics_kernels import run_kernels
 from .manager import TunnelManager
@@ -406,6 +407,8 @@ def _print_progress(tunnel: Tunnel, note: str) -> None:
 
 
 def _ready_line(tunnel: Tunnel) -> str:
+    if tunnel.url and under_hub():  # printed URLs become links: words instead
+        return f"Tunnel {tunnel.name} ready: {hub_note(tunnel.hops, tunnel.url)}"
     what = tunnel.url or ", ".join(f"{f['type']} {f['listen']} -> {f['to']}"
                                    for f in tunnel.forwards)
     return f"Tunnel {tunnel.name} ready: {what}"

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
-from .humanize import human_bytes, human_duration, resume_text
+from .humanize import hub_note, human_bytes, human_duration, resume_text, under_hub
 from .state import State
 from .tunnel import Tunnel
 from .widgets_answer import AnswerBox, waits_here
@@ -175,6 +175,8 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
         """The text a frontend without widgets shows (no token: it ends up in notebooks)."""
         t = self.tunnel
         url = f", {t.url.split('?', 1)[0]}" if t.url else ""
+        if t.url and under_hub():  # as text: a frontend would make a link of the URL
+            url = f", {t.url.split('?', 1)[0].split('://', 1)[-1]}"
         return f"<tunnel {t.name}: {t.state.value}, {' -> '.join(t.hops)}{url}>"
 
     # actions --------------------------------------------------------------------
@@ -290,6 +292,9 @@ class TunnelCard(widgets.VBox):  # type: ignore[misc]
             shown = html.escape(url.split("?", 1)[0])
             if state in DONE:
                 lines.append(f"<s style='color:{_GREY}'>{shown}</s>")
+            elif under_hub():  # no link: it would lead nowhere from the user's browser
+                note = html.escape(hub_note(list(info.get("hops") or []), url), quote=False)
+                lines.append(f"<span class='jt-hub-note' style='color:{_GREY}'>{note}</span>")
             else:
                 lines.append(
                     f'<a href="{html.escape(url)}" target="_blank" rel="noopener noreferrer" '
@@ -421,7 +426,8 @@ def render_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         url, port = r.get("url"), r.get("local_port")
         local = f"127.0.0.1:{port}" if port else "-"
-        if url and r.get("state") in ("ready", "degraded") and r.get("pid") == me:
+        if (url and r.get("state") in ("ready", "degraded") and r.get("pid") == me
+                and not under_hub()):
             # a link (with its token) only for this kernel's tunnels, whose cards show it
             # anyway: a saved notebook must not carry the tokens of other processes' tunnels
             local = (f'<a href="{html.escape(url)}" target="_blank" rel="noopener noreferrer" '

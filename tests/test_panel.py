@@ -43,9 +43,9 @@ def open_panel(page: Any, lab: Lab) -> Any:
     return panel
 
 
-def tunnel_lab(lab_factory: Callable[..., Lab], net: Sandbox) -> Lab:
+def tunnel_lab(lab_factory: Callable[..., Lab], net: Sandbox, **kwargs: Any) -> Lab:
     return lab_factory({"ServerApp": {"jpserver_extensions": {"jupyter_tunnel": True}},
-                        "TunnelManager": {"ssh_config": str(net.ssh_config)}})
+                        "TunnelManager": {"ssh_config": str(net.ssh_config)}}, **kwargs)
 
 
 def local_port(href: str) -> int:
@@ -85,6 +85,7 @@ def test_open_follow_and_close_with_the_mouse(lab_factory: Callable[..., Lab], b
         assert "0 reconnects" in row.locator(tid("jt-meta")).inner_text()
         link = row.locator(tid("jt-link"))
         assert link.inner_text() == "Open JupyterLab" and link.get_attribute("target") == "_blank"
+        assert row.locator(tid("jt-hub-note")).count() == 0  # not under a hub
         href = link.get_attribute("href") or ""
         assert f"token={net.jupyter.token}" in href
         port = local_port(href)

@@ -3,6 +3,7 @@
  *
  * Elements carry `data-testid` attributes (jt-*) for tests and stable class names.
  */
+import { PageConfig } from '@jupyterlab/coreutils';
 import { KernelSpec } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
@@ -27,6 +28,27 @@ const POLL_MS = 1000;
 const MISSING_POLL_MS = 10000;
 
 let questionCounter = 0;
+
+/**
+ * Whether this JupyterLab runs under JupyterHub (JupyterLab sets `hubPrefix` from the
+ * server's `tornado_settings["hub_prefix"]`). A tunnel's URL is 127.0.0.1 of the machine
+ * the server runs on, which the browser usually is not: no link is offered then.
+ */
+export function underHub(): boolean {
+  return !!PageConfig.getOption('hubPrefix');
+}
+
+/** What replaces the "Open JupyterLab" link under a hub. */
+export function hubNote(t: ITunnel, kernels: boolean): string {
+  const hops = t.hops || [];
+  const target = hops[hops.length - 1] || t.name;
+  const where = t.local_port ? ` (127.0.0.1:${t.local_port})` : '';
+  const instead = kernels ? `: use ${target}'s kernels here instead` : '';
+  return (
+    `${target}'s JupyterLab listens on the hub's machine${where}, ` +
+    `not reachable from this browser${instead}`
+  );
+}
 
 /** What the panel works with. */
 export interface ITunnelPanelOptions {
@@ -300,13 +322,16 @@ export class TunnelPanel extends Widget implements IKernelsHost {
       target: '_blank',
       rel: 'noopener noreferrer'
     }, 'Open JupyterLab');
+    // under a hub the row has a note in place of the link (no link, no token in the page)
+    const note = el('div', { class: 'jp-TunnelPanel-hubNote', 'data-testid': 'jt-hub-note' });
+    note.hidden = true;
     const kernels = new KernelsSection(this);
     this._kernelSections.set(name, kernels);
     row.append(
       top,
       el('div', { class: 'jp-TunnelPanel-hops', 'data-testid': 'jt-hops' }),
       el('div', { class: 'jp-TunnelPanel-progress', 'data-testid': 'jt-progress' }),
-      link,
+      underHub() ? note : link,
       el('div', { class: 'jp-TunnelPanel-meta', 'data-testid': 'jt-meta' }),
       el('div', { class: 'jp-TunnelPanel-error', 'data-testid': 'jt-error', role: 'status' }),
       kernels.node
@@ -327,11 +352,23 @@ export class TunnelPanel extends Widget implements IKernelsHost {
     q('jt-hops').textContent = (t.hops || []).join(' → ');
     q('jt-progress').textContent = progress(t);
     this._showQuestion(row, t);
-    const link = q('jt-link') as HTMLAnchorElement;
     const live = t.url && ['ready', 'degraded', 'reconnecting'].includes(t.state);
-    link.hidden = !live;
-    if (live && link.getAttribute('href') !== t.url) {
-      link.href = t.url as string;
+    // a ready tunnel to a Jupyter (not a remote kernel's own tunnel) offers its kernels
+    const kernelsLive = t.state === 'ready' && !!t.url && t.jupyter !== false && !t.kernel;
+    const link = q('jt-link') as HTMLAnchorElement | null;
+    if (link) {
+      link.hidden = !live;
+      if (live && link.getAttribute('href') !== t.url) {
+        link.href = t.url as string;
+      }
+    }
+    const note = q('jt-hub-note') as HTMLElement | null;
+    if (note) {
+      note.hidden = !live;
+      const text = live ? hubNote(t, kernelsLive) : '';
+      if (note.textContent !== text) {
+        note.textContent = text;
+      }
     }
     const meta: string[] = [];
     if (live && t.created) {
@@ -357,8 +394,6 @@ export class TunnelPanel extends Widget implements IKernelsHost {
     if (shown.textContent !== error) {
       shown.textContent = error; // unchanged text is not rewritten: no repeated announcements
     }
-    // a ready tunnel to a Jupyter (not a remote kernel's own tunnel) offers its kernels
-    const kernelsLive = t.state === 'ready' && !!t.url && t.jupyter !== false && !t.kernel;
     this._kernelSections.get(t.name)?.update(t.hops || [], kernelsLive, this._kernelspecs);
   }
 
