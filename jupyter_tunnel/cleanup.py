@@ -19,11 +19,14 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ports, procinfo
 from .login.door import sweep_doors
 from .registry import Registry
+
+if TYPE_CHECKING:  # imported when used: cleanup runs at every open
+    from .resume.orphans import HelperOutcome
 
 
 def _end(pid: int, started: int, argv: list[str], timeout: float) -> bool:
@@ -104,17 +107,8 @@ def _end_helper(name: str, record: dict[str, Any], backend: str,
         return ""
     from .resume.orphans import end_helper
 
-    outcome = end_helper(helper, backend=backend)
-    if outcome.ended:
-        ended.append({"tunnel": name, "pid": outcome.pid, "host": outcome.host,
-                      "command": f"the resume helper on {outcome.host}",
-                      "what": outcome.message})
-    elif outcome.result == "gone":
-        return outcome.message
-    else:
-        left.append({"tunnel": name, "pid": outcome.pid, "host": outcome.host,
-                     "why": outcome.message})
-    return ""
+    return _report(name, end_helper(helper, backend=backend), "the resume helper", ended,
+                   left)
 
 
 def _end_kernel(name: str, record: dict[str, Any], backend: str,
@@ -126,11 +120,17 @@ def _end_kernel(name: str, record: dict[str, Any], backend: str,
         return ""
     from .kernels.orphans import end_kernel
 
-    outcome = end_kernel(kernel, backend=backend)
+    return _report(name, end_kernel(kernel, backend=backend), "the remote kernel", ended,
+                   left)
+
+
+def _report(name: str, outcome: HelperOutcome, what: str, ended: list[dict[str, Any]],
+            left: list[dict[str, Any]]) -> str:
+    """File what became of a process on the target under ended or left; "" or, for one
+    already gone, a note for the record's removal."""
     if outcome.ended:
         ended.append({"tunnel": name, "pid": outcome.pid, "host": outcome.host,
-                      "command": f"the remote kernel on {outcome.host}",
-                      "what": outcome.message})
+                      "command": f"{what} on {outcome.host}", "what": outcome.message})
     elif outcome.result == "gone":
         return outcome.message
     else:

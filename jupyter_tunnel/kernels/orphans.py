@@ -1,22 +1,20 @@
 """Ending the remote kernel of a tunnel whose owner died (what ``cleanup`` calls).
 
 The kernel tunnel's record names its kernel (``record["kernel"]``: id, pid, start time,
-the hops and the ssh config).  :func:`end_kernel` connects to that chain again (BatchMode,
-short timeouts; the OpenSSH backend reuses a live master of the same hops) and asks the
-nanny program to stop kernel ``id`` only if its own state file names that pid and start
-time; the nanny ends the kernel's process group and removes its files.
+the hops and the ssh config).  :func:`end_kernel` connects to that chain again
+(``resume.orphans.reconnected``: no prompt, short timeouts; the OpenSSH backend reuses a
+live master of the same hops) and asks the nanny program to stop kernel ``id`` only if its
+own state file names that pid and start time; the nanny ends the kernel's process group
+and removes its files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any
 
-from ..backends import make_backend
 from ..errors import TunnelError
-from ..resume.orphans import HelperOutcome, hops_of
-from ..sshconfig import SSHConfig, resolve_chain
+from ..resume.orphans import HelperOutcome, hops_of, reconnected
 from .remote import RemoteKernels
 
 __all__ = ["end_kernel"]
@@ -43,22 +41,13 @@ def end_kernel(kernel: dict[str, Any], *, backend: str = "auto",
                              "cannot be proven; left alone (it ends by itself once its owner "
                              "has been away for orphan_after)")
     try:
-        chain = resolve_chain(hops[-1], tuple(hops[:-1]),
-                              SSHConfig(config) if config else SSHConfig())
-        chosen = make_backend(backend)
-    except TunnelError as exc:
-        return _unreachable(host, pid, exc.message)
-    try:
-        chosen.connect(chain, None, connect_timeout, None)
-        answer = RemoteKernels(chosen.run, host, pid, any_python=True).stop(
-            rid, pid=pid, started=started)
+        with reconnected(hops, config, backend, connect_timeout) as chosen:
+            answer = RemoteKernels(chosen.run, host, pid, any_python=True).stop(
+                rid, pid=pid, started=started)
     except TunnelError as exc:
         return _unreachable(host, pid, exc.message)
     except OSError as exc:
         return _unreachable(host, pid, exc.strerror or str(exc))
-    finally:
-        with contextlib.suppress(TunnelError, OSError):
-            chosen.close()
     result, detail = answer.get("result"), str(answer.get("detail") or "")
     if result == "ended":
         return HelperOutcome("ended", host, pid, f"ended the remote kernel on {host} (pid {pid})")

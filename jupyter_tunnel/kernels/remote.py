@@ -54,13 +54,6 @@ def program() -> str:
     return remote.join_modules(_MODULES, "main_kernels()")
 
 
-def command(python: str) -> str:
-    """The command line of the nanny program (nothing from input but a checked path)."""
-    if not _PATH.match(python):
-        raise RemoteKernelError(f"not a plain path to a Python: {python!r}")
-    return f'{python} -c "{remote.LOADER}"'
-
-
 class RemoteKernels:
     """The kernels of one target, asked through ``run`` with the Python of ``jupyter_pid``
     (the target's Jupyter server; None: python3 on the PATH)."""
@@ -103,7 +96,7 @@ class RemoteKernels:
         try:
             # not isolated (-I), unlike the resume helper: jupyter_client may come from the
             # user's site-packages or PYTHONPATH there, as the finder saw it
-            status, out, err = self._run(command(self.python), timeout,
+            status, out, err = self._run(remote.command(self.python, isolated=False), timeout,
                                          stdin.decode("utf-8"))
         except TunnelError as exc:
             raise RemoteKernelError(f"{self.host}: {exc.message}") from None

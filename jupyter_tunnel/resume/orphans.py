@@ -18,17 +18,19 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from ..backends import make_backend
+from ..backends import Backend, make_backend
 from ..errors import TunnelError
 from ..spec import Hop
 from ..sshconfig import SSHConfig, resolve_chain
 from . import launch, remote
 
-__all__ = ["HelperOutcome", "end_helper", "program", "request_input"]
+__all__ = ["HelperOutcome", "end_helper", "hops_of", "program", "reconnected",
+           "request_input"]
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: joined in this order, as ``remote.program`` joins the helper's
@@ -85,6 +87,22 @@ def hops_of(raw: object) -> list[Hop] | None:
     return hops
 
 
+@contextlib.contextmanager
+def reconnected(hops: list[Hop], config: str | None, backend: str, timeout: float
+                ) -> Iterator[Backend]:
+    """A backend connected again to a dead tunnel's hops (never prompting), closed after;
+    TunnelError or OSError when they cannot be reached."""
+    chain = resolve_chain(hops[-1], tuple(hops[:-1]),
+                          SSHConfig(config) if config else SSHConfig())
+    chosen = make_backend(backend)
+    try:
+        chosen.connect(chain, None, timeout, None)
+        yield chosen
+    finally:
+        with contextlib.suppress(TunnelError, OSError):
+            chosen.close()
+
+
 def end_helper(helper: dict[str, Any], *, backend: str = "auto", connect_timeout: float = 5.0,
                wait: float = 5.0) -> HelperOutcome:
     """End the orphaned helper ``helper`` (a record's ``resume.helper``) on its host, if it
@@ -112,17 +130,11 @@ def end_helper(helper: dict[str, Any], *, backend: str = "auto", connect_timeout
                              f"{by_itself}): {reason}")
 
     try:
-        chain = resolve_chain(hops[-1], tuple(hops[:-1]),
-                              SSHConfig(config) if config else SSHConfig())
-        chosen = make_backend(backend)
-    except TunnelError as exc:
-        return unreachable(exc.message)
-    try:
-        chosen.connect(chain, None, connect_timeout, None)
-        python = launch.find_python(chosen.run, host, pid, timeout=connect_timeout + 10)
-        stdin = request_input(tunnel_id, pid, started, wait).decode("utf-8")
-        status, out, err = chosen.run(remote.command(python), wait + connect_timeout + 10,
-                                      stdin)
+        with reconnected(hops, config, backend, connect_timeout) as chosen:
+            python = launch.find_python(chosen.run, host, pid, timeout=connect_timeout + 10)
+            stdin = request_input(tunnel_id, pid, started, wait).decode("utf-8")
+            status, out, err = chosen.run(remote.command(python),
+                                          wait + connect_timeout + 10, stdin)
     except launch.ResumeUnavailable as exc:  # no Python there: then no helper runs either
         return HelperOutcome("error", host, pid, f"could not end the resume helper on {host} "
                                                  f"(pid {pid}): {exc}")
@@ -130,9 +142,6 @@ def end_helper(helper: dict[str, Any], *, backend: str = "auto", connect_timeout
         return unreachable(exc.message)
     except OSError as exc:
         return unreachable(exc.strerror or str(exc))
-    finally:
-        with contextlib.suppress(TunnelError, OSError):
-            chosen.close()
     return _outcome(host, pid, status, out, err)
 
 

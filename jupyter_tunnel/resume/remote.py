@@ -77,11 +77,13 @@ def program() -> str:
     return join_modules(_MODULES, "main_start(serve)")
 
 
-def command(python: str = "python3") -> str:
-    """The command line that starts the helper (nothing from input but a checked path)."""
+def command(python: str = "python3", *, isolated: bool = True) -> str:
+    """The command line that starts the helper, or (``isolated`` False: the user's
+    site-packages and PYTHONPATH count) another program of ours such as the remote kernels'
+    nanny; nothing from input but a checked path."""
     if not _PYTHON.match(python):
         raise ValueError(f"not a plain program name or path: {python!r}")
-    return f'{python} -I -c "{LOADER}"'
+    return f'{python}{" -I" if isolated else ""} -c "{LOADER}"'
 
 
 @dataclass(frozen=True)
