@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import HopUnreachable, PortInUse
+from ..peers import may_use
 from . import openssh_mux as mux
 from .base import Acceptor
 from .counters import Counters
@@ -211,6 +212,9 @@ class Forwarder:
                 log.debug("accept failed: %s", exc)  # (the listener stays readable: no spin)
                 time.sleep(0.05)
                 return
+            if not may_use(conn):
+                conn.close()
+                continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             acceptor = self.acceptor
             if acceptor is not None:

@@ -18,6 +18,7 @@ import paramiko
 import sshtunnel
 
 from ..errors import HopUnreachable, PortInUse, TunnelError
+from ..peers import may_use
 
 if TYPE_CHECKING:
     from .sshtunnel_backend import SSHTunnelBackend
@@ -50,8 +51,10 @@ class _Handler(sshtunnel._ForwardHandler):  # type: ignore[misc]
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         route = self.target.route
+        if not may_use(sock):
+            return  # socketserver closes it
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         acceptor = self.backend.acceptor
         if acceptor is not None:
             # socketserver shuts down and closes the request after handle(): detach the
