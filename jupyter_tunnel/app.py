@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
+from types import FrameType
 
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, List, Type, Unicode, default
@@ -71,9 +75,33 @@ class TunnelExtensionApp(ExtensionApp):
         self.settings[SERVICE_KEY] = self.service
         if self.cleanup_on_start:
             self.service.executor.submit(self._cleanup)
+        self._stop_cleanly_on_sigint()
         self.log.info("jupyter_tunnel %s: REST API at %sjupyter-tunnel/api/, ssh config %s",
                       __version__, self.serverapp.base_url if self.serverapp else "/",
                       self.tunnel_manager.ssh_config or "~/.ssh/config")
+
+    def _stop_cleanly_on_sigint(self) -> None:
+        """Under JupyterHub, let SIGINT stop the server as SIGTERM does.
+
+        A hub's spawner stops a single-user server with SIGINT first.  jupyter_server handles
+        SIGINT only when stdin is a terminal, which under a spawner it is not, so Python's
+        KeyboardInterrupt ends the server's loop and skips its cleanup: no kernel is shut
+        down and no extension stopped.  A local kernel notices its parent is gone; a remote
+        kernel on beast would not (until ``orphan_after``), nor would this server's tunnels
+        be closed in order.
+        """
+        server = self.serverapp
+        if (server is None or not os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+                or threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            return
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.log.info("jupyter_tunnel: SIGINT under JupyterHub: stopping the server, "
+                          "its tunnels and kernels")
+            server.stop(from_signal=True)
+
+        signal.signal(signal.SIGINT, stop)
 
     def _cleanup(self) -> None:
         try:
