@@ -187,7 +187,10 @@ def test_alice_computes_on_beast_and_bob_sees_none_of_it(hub: Hub, desk: Any,
         listed = hub.as_user("bob", ["jupyter", "tunnel", "list", "--json"])
         assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed
         closed = hub.as_user("bob", ["jupyter", "tunnel", "close", "beast"])
-        assert closed.returncode != 0 and "beast" in closed.stderr, closed
+        assert closed.returncode != 0 and "no tunnel named 'beast'" in closed.stderr, closed
+        answered = hub.as_user("bob", ["jupyter", "tunnel", "answer", "beast"], input="1\n")
+        assert answered.returncode != 0 and "no tunnel named 'beast'" in answered.stderr, \
+            answered
         cleaned = hub.as_user("bob", ["jupyter", "tunnel", "cleanup", "--json"])
         assert cleaned.returncode == 0, cleaned
         assert not any(json.loads(cleaned.stdout).get(key) for key in ("removed", "ended")), \
