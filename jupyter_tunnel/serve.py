@@ -22,6 +22,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
+from tornado.iostream import StreamClosedError
 from tornado.websocket import (
     WebSocketClientConnection,
     WebSocketClosedError,
@@ -154,7 +155,8 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self.add_header(key, value)
         if response.body and method != "HEAD" and response.code not in (204, 304):
             self.write(scrub(response.body, remote.token))
-        await self.finish()
+        with contextlib.suppress(StreamClosedError):  # the browser went meanwhile
+            await self.finish()
 
     def _unreachable(self, name: str, exc: object) -> ApiError:
         what = type(exc).__name__ if exc is not None else "no answer"
