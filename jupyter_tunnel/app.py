@@ -15,6 +15,8 @@ from ._version import __version__
 from .handlers import SERVICE_KEY, default_handlers
 from .manager import TunnelManager
 from .rest_service import TunnelService
+from .serve import serve_handlers
+from .serve_rules import serve_prefix
 
 
 class TunnelExtensionApp(ExtensionApp):
@@ -70,8 +72,10 @@ class TunnelExtensionApp(ExtensionApp):
     def initialize_settings(self) -> None:
         """Create the server's TunnelManager and the service the handlers use."""
         self.tunnel_manager = self.manager_class(parent=self, owner="server", log=self.log)
+        base_url = self.serverapp.base_url if self.serverapp else "/"
         self.service = TunnelService(self.tunnel_manager, self.allowed_targets,
-                                     max_opens=self.max_concurrent_opens)
+                                     max_opens=self.max_concurrent_opens,
+                                     serve_under=serve_prefix(base_url))
         self.settings[SERVICE_KEY] = self.service
         if self.cleanup_on_start:
             self.service.executor.submit(self._cleanup)
@@ -113,8 +117,10 @@ class TunnelExtensionApp(ExtensionApp):
             self.log.warning("jupyter_tunnel cleanup: left alone: %s", item)
 
     def initialize_handlers(self) -> None:
-        """Add the REST handlers under ``{base_url}jupyter-tunnel/api/``."""
+        """Add the REST handlers under ``{base_url}jupyter-tunnel/api/`` and the served
+        remote JupyterLabs under ``{base_url}jupyter-tunnel/lab/NAME/``."""
         self.handlers.extend(default_handlers)
+        self.handlers.extend(serve_handlers)
 
     async def stop_extension(self) -> None:
         """Close the tunnels this server opened."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import RemoteJupyterNotFound, RemoteJupyterNotReady
+from .spec import check_base_url
 
 MARK = "@@jupyter_tunnel@@"
 
@@ -67,8 +68,17 @@ exit 0
 
 # Starts JupyterLab (or a plain Jupyter server) in the background through the user's login
 # shell, so that a profile which sets up conda or a venv applies.  The login shell is given
-# only `sh '<file>'`, which every shell parses the same way.
+# only `sh '<file>'`, which every shell parses the same way.  $1, when given, is the base URL
+# the server is to have (checked again here: only a path of safe characters); it reaches
+# jupyter through the environment and one quoted argument, never through a parsed string.
 LAUNCH_SCRIPT = r"""
+base="${1:-}"
+case "$base" in
+  '') ;;
+  /*/) case "$base" in *[!A-Za-z0-9._~/-]*|*//*)
+         echo "cannot launch: invalid base URL" >&2; exit 2;; esac ;;
+  *) echo "cannot launch: invalid base URL" >&2; exit 2;;
+esac
 log="${XDG_CACHE_HOME:-$HOME/.cache}/jupyter_tunnel"
 mkdir -p "$log" && chmod 700 "$log" || exit 1
 case "$log" in *"'"*) echo "cannot launch: the path $log contains a quote" >&2; exit 1;; esac
@@ -78,10 +88,16 @@ if ! command -v jupyter >/dev/null 2>&1; then
   echo "jupyter is not on the PATH of your login shell" >&2; exit 127
 fi
 app=lab; command -v jupyter-lab >/dev/null 2>&1 || app=server
-nohup jupyter "$app" --no-browser --ip=127.0.0.1 </dev/null >"$JT_LOG" 2>&1 &
+if [ -n "${JT_BASE_URL:-}" ]; then
+  nohup jupyter "$app" --no-browser --ip=127.0.0.1 "--ServerApp.base_url=$JT_BASE_URL" \
+    </dev/null >"$JT_LOG" 2>&1 &
+else
+  nohup jupyter "$app" --no-browser --ip=127.0.0.1 </dev/null >"$JT_LOG" 2>&1 &
+fi
 echo "started $!"
 JT_EOF
-JT_LOG="$log/launch.log" exec "${SHELL:-/bin/sh}" -lc "sh '$log/launch.sh'" </dev/null
+JT_BASE_URL="$base" JT_LOG="$log/launch.log" exec "${SHELL:-/bin/sh}" -lc "sh '$log/launch.sh'" \
+  </dev/null
 """
 
 
@@ -144,17 +160,36 @@ def discover(run: RunScript, host: str) -> list[RemoteServer]:
 
 
 def find_server(run: RunScript, host: str, remote_port: int | None, *, launch: bool,
-                launch_timeout: float, on_launch: Callable[[], None] | None = None
-                ) -> RemoteServer:
-    """The server to forward to; with ``launch``, start one when none runs."""
+                launch_timeout: float, on_launch: Callable[[], None] | None = None,
+                base_url: str | None = None) -> RemoteServer:
+    """The server to forward to; with ``launch``, start one when none runs.
+
+    With ``base_url``: a live server with that base URL first; else, with ``launch``, a new
+    one started with it (even if others run); else the usual choice.
+    """
     servers = discover(run, host)
+    if base_url is not None:
+        check_base_url(base_url)
+        matching = [s for s in servers if s.alive and s.base_url == base_url
+                    and (remote_port is None or s.port == remote_port)]
+        if matching:
+            return max(matching, key=lambda s: (s.mtime, s.pid))
+        if launch:
+            return _launch(run, host, servers, None, launch_timeout, on_launch, base_url)
     try:
         return choose(servers, host, remote_port)
     except RemoteJupyterNotFound:
         if not launch or any(s.alive for s in servers):
             raise
+    return _launch(run, host, servers, remote_port, launch_timeout, on_launch, None)
+
+
+def _launch(run: RunScript, host: str, servers: list[RemoteServer], remote_port: int | None,
+            launch_timeout: float, on_launch: Callable[[], None] | None,
+            base_url: str | None) -> RemoteServer:
+    """Start JupyterLab on the last hop (with ``base_url`` if given) and wait for it."""
     known = {s.pid for s in servers if s.alive}
-    status, out, err = run(LAUNCH_SCRIPT)
+    status, out, err = run(LAUNCH_SCRIPT, *([base_url] if base_url else []))
     started = re.search(r"^started (\d+)$", out, re.MULTILINE)
     if status != 0 or not started:
         raise RemoteJupyterNotFound(
@@ -164,7 +199,8 @@ def find_server(run: RunScript, host: str, remote_port: int | None, *, launch: b
         on_launch()
     deadline = time.monotonic() + launch_timeout
     while time.monotonic() < deadline:
-        fresh = [s for s in discover(run, host) if s.alive and s.pid not in known]
+        fresh = [s for s in discover(run, host) if s.alive and s.pid not in known
+                 and (base_url is None or s.base_url == base_url)]
         if fresh and (remote_port is None or any(s.port == remote_port for s in fresh)):
             return choose(fresh, host, remote_port)
         status, _, err = run(LAUNCH_CHECK_SCRIPT, started.group(1))
@@ -217,9 +253,13 @@ def parse_discovery(output: str) -> list[RemoteServer]:
     return servers
 
 
-def choose(servers: list[RemoteServer], host: str, remote_port: int | None) -> RemoteServer:
-    """The newest live server, or the one on ``remote_port``; else a clear error."""
+def choose(servers: list[RemoteServer], host: str, remote_port: int | None,
+           base_url: str | None = None) -> RemoteServer:
+    """The newest live server, or the one on ``remote_port``; else a clear error.  With
+    ``base_url``, only servers with that base URL count when any has it."""
     live = [s for s in servers if s.alive]
+    if base_url is not None and any(s.base_url == base_url for s in live):
+        live = [s for s in live if s.base_url == base_url]
     if remote_port is not None:
         for server in sorted(live, key=lambda s: s.mtime, reverse=True):
             if server.port == remote_port:

@@ -28,6 +28,7 @@ from .login.mailbox import Mailbox, check_answer, check_question_id, deliver
 from .manager import TunnelManager
 from .rest_errors import TargetNotAllowed
 from .rest_kernels import KernelsAPI
+from .serve_rules import served
 from .spec import Hop, TunnelSpec, build_spec, check_name
 from .sshconfig import ResolvedHop, SSHConfig
 from .state import State
@@ -117,8 +118,11 @@ class TunnelService(KernelsAPI):
     """
 
     def __init__(self, manager: TunnelManager, allowed_targets: list[str] | None = None,
-                 max_opens: int = 8) -> None:
+                 max_opens: int = 8, serve_under: str | None = None) -> None:
         self.manager = manager
+        #: ``{base_url}jupyter-tunnel/lab/`` (None: cannot serve): a launched server's base
+        #: URL is this plus its tunnel's name, so that :mod:`.serve` can serve it
+        self.serve_under = serve_under
         self.allowed_targets = None if allowed_targets is None else list(allowed_targets)
         #: the handlers' blocking calls (listing, closing), never run on the event loop
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jupyter-tunnel")
@@ -160,7 +164,19 @@ class TunnelService(KernelsAPI):
             why = self._crashes.get(id(tunnel), "the open ended unexpectedly")
             record["error"] = {"error": f"{why}; see the Jupyter server's log",
                                "kind": "error", "hop": None}
+        return self._with_served(record, {tunnel.name})
+
+    def _with_served(self, record: dict[str, Any], own: set[str]) -> dict[str, Any]:
+        """``record`` with ``served_url`` (the path this server serves it at, or None) and
+        ``served_why`` (why it cannot be served, or "")."""
+        record["served_url"], record["served_why"] = served(
+            record, self.serve_under, record.get("name") in own)
         return record
+
+    def served_tunnel(self, name: str) -> Tunnel:
+        """A tunnel of this server's manager by name (:class:`TunnelNotFound` if none)."""
+        check_name(name)
+        return self.manager.get(name)
 
     def list(self) -> list[dict[str, Any]]:
         """Every tunnel of the user (the registry), plus this server's opening and failed ones."""
@@ -169,7 +185,8 @@ class TunnelService(KernelsAPI):
         with self._lock:
             self._mine = [t for t in self._mine if t.state is not State.CLOSED]
             extra = [t for t in self._mine if t.name not in names]
-        records += [self.view(t) for t in extra]
+        own = {t.name for t in self.manager.tunnels()}
+        records = [self._with_served(r, own) for r in records] + [self.view(t) for t in extra]
         return sorted(records, key=lambda r: str(r["name"]))
 
     def status(self, name: str) -> dict[str, Any]:
@@ -234,6 +251,9 @@ class TunnelService(KernelsAPI):
                                    "it first or choose another name")
             if not spec.name:
                 spec = dataclasses.replace(spec, name=self._free_name(spec.default_name(), busy))
+            if spec.launch and spec.jupyter and self.serve_under:
+                # the server it starts gets the base URL this server serves it under
+                spec = dataclasses.replace(spec, serve_under=self.serve_under)
             # no person at this server: its tunnels' questions wait for POST …/answer (or
             # for jupyter tunnel answer, through the door)
             tunnel = self.manager.prepare(spec, ask=Mailbox(self.manager.answer_timeout + 5))

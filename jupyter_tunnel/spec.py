@@ -16,6 +16,7 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _IPV6_RE = re.compile(r"^[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_BASE_URL_RE = re.compile(r"^/[A-Za-z0-9._~/-]*/$")
 NAME_MAX = 64
 
 
@@ -79,7 +80,16 @@ class TunnelSpec:
     reverse: tuple[Forward, ...] = ()
     #: find the remote Jupyter and forward to it (False: ``--no-jupyter``)
     jupyter: bool = True
+    #: with ``launch``: a base URL prefix; the launched server gets ``base_url`` =
+    #: this + the tunnel's final name + "/" (so a Jupyter server can serve it there)
+    serve_under: str | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def base_url_for(self, name: str) -> str | None:
+        """The remote base URL wanted for a tunnel of this name (None: any will do)."""
+        if not (self.launch and self.jupyter and self.serve_under):
+            return None
+        return check_base_url(self.serve_under + check_name(name) + "/")
 
     @property
     def chain(self) -> tuple[Hop, ...]:
@@ -140,6 +150,17 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def check_base_url(url: str) -> str:
+    """Validate a Jupyter base URL path (``/a/b/``); it reaches a remote command's
+    arguments, so only a strict set of characters and no ``.``/``..`` segments."""
+    if (len(url) > 512 or not _BASE_URL_RE.match(url) or "//" in url
+            or any(part in (".", "..") for part in url.split("/"))):
+        raise SpecError(
+            f"invalid base URL {url[:80]!r}: a path like /user/alice/ of letters, digits "
+            "and '._~-/', starting and ending with '/'")
+    return url
 
 
 def parse_hop(text: str) -> Hop:

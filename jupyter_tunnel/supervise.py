@@ -290,7 +290,8 @@ class Supervisor:
         same_port = any(x.alive and x.port == old.port for x in servers)
         try:
             fresh = detect.choose(servers, host, tunnel.spec.remote_port
-                                  or (old.port if same_port else None))
+                                  or (old.port if same_port else None),
+                                  tunnel.spec.base_url_for(tunnel.name))
         except RemoteJupyterNotFound:
             every = min(tunnel.settings.health_interval, 2.0)
             then = f"the tunnel picks it up within {every:g} s" if every else \

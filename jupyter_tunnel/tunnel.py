@@ -173,6 +173,7 @@ class Tunnel:
             "local_port": self.local_port,
             "remote_port": self.remote.port if self.remote else self.spec.remote_port,
             "url": self.url,
+            "remote_base_url": self.remote.base_url if self.remote else None,
             "forwards": list(self.forwards),
             "owner": self.owner,
             "pid": self.pid,
@@ -421,7 +422,8 @@ class Tunnel:
         return detect.find_server(self.run_remote, self.chain[-1].alias, self.spec.remote_port,
                                   launch=self.spec.launch,
                                   launch_timeout=self.settings.launch_timeout,
-                                  on_launch=lambda: self._emit("launch"))
+                                  on_launch=lambda: self._emit("launch"),
+                                  base_url=self.spec.base_url_for(self.name))
 
     def loss_reason(self) -> str:
         """Why the tunnel ended, naming the hop where it can."""

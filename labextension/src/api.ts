@@ -28,6 +28,13 @@ export interface ITunnel {
    * otherwise). Its text comes from a remote server: show it as text, never as HTML.
    */
   prompt?: IPrompt | null;
+  /**
+   * The path under this Jupyter server where the remote JupyterLab is served (no token;
+   * also reachable under JupyterHub), or null when it cannot be (``served_why`` says why).
+   */
+  served_url?: string | null;
+  /** Why the remote JupyterLab cannot be served here ("" when it can). */
+  served_why?: string;
   /** False for a tunnel that forwards no Jupyter (a remote kernel's, say). */
   jupyter?: boolean;
   /** What a tunnel of a remote kernel carries (absent for other tunnels). */

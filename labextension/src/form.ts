@@ -54,7 +54,10 @@ export class OpenForm {
     });
     this._launch = el('input', { type: 'checkbox', 'data-testid': 'jt-launch' });
     const launch = el('label', { class: 'jp-TunnelPanel-check' });
-    launch.append(this._launch, el('span', {}, 'Start JupyterLab there if none runs'));
+    launch.append(this._launch, el('span', {}, 'Start JupyterLab there'));
+    launch.title =
+      'Start a JupyterLab on the target for this tunnel (if one started so does not run ' +
+      'already): it can then be opened through this Jupyter server, also under JupyterHub';
     options.append(
       field('Name', this._name),
       field('Local port', this._localPort),

@@ -50,6 +50,17 @@ export function hubNote(t: ITunnel, kernels: boolean): string {
   );
 }
 
+/**
+ * Where the row's "Open JupyterLab" link goes: the remote JupyterLab served through this
+ * server when it can be, else the tunnel's own URL (not under a hub: unreachable there).
+ */
+export function linkTarget(t: ITunnel, hub: boolean): string | null {
+  if (t.served_url) {
+    return t.served_url;
+  }
+  return hub ? null : t.url;
+}
+
 /** What the panel works with. */
 export interface ITunnelPanelOptions {
   /** JupyterLab's kernelspecs (``app.serviceManager.kernelspecs``): reloaded after a
@@ -316,27 +327,34 @@ export class TunnelPanel extends Widget implements IKernelsHost {
       el('span', { class: 'jp-TunnelPanel-badge', 'data-testid': 'jt-state' }),
       close
     );
-    const link = el('a', {
-      class: 'jp-TunnelPanel-open',
-      'data-testid': 'jt-link',
-      target: '_blank',
-      rel: 'noopener noreferrer'
-    }, 'Open JupyterLab');
-    // under a hub the row has a note in place of the link (no link, no token in the page)
+    const link = this._newLink();
+    // under a hub the row has a note in place of the link (no link, no token in the page),
+    // and why it cannot be served here; a served one gets its link back (see _fill)
     const note = el('div', { class: 'jp-TunnelPanel-hubNote', 'data-testid': 'jt-hub-note' });
     note.hidden = true;
+    const why = el('div', { class: 'jp-TunnelPanel-serveWhy', 'data-testid': 'jt-serve-why' });
+    why.hidden = true;
     const kernels = new KernelsSection(this);
     this._kernelSections.set(name, kernels);
     row.append(
       top,
       el('div', { class: 'jp-TunnelPanel-hops', 'data-testid': 'jt-hops' }),
       el('div', { class: 'jp-TunnelPanel-progress', 'data-testid': 'jt-progress' }),
-      underHub() ? note : link,
+      ...(underHub() ? [note, why] : [link]),
       el('div', { class: 'jp-TunnelPanel-meta', 'data-testid': 'jt-meta' }),
       el('div', { class: 'jp-TunnelPanel-error', 'data-testid': 'jt-error', role: 'status' }),
       kernels.node
     );
     return row;
+  }
+
+  private _newLink(): HTMLAnchorElement {
+    return el('a', {
+      class: 'jp-TunnelPanel-open',
+      'data-testid': 'jt-link',
+      target: '_blank',
+      rel: 'noopener noreferrer'
+    }, 'Open JupyterLab') as HTMLAnchorElement;
   }
 
   private _fill(row: HTMLLIElement, t: ITunnel): void {
@@ -355,19 +373,40 @@ export class TunnelPanel extends Widget implements IKernelsHost {
     const live = t.url && ['ready', 'degraded', 'reconnecting'].includes(t.state);
     // a ready tunnel to a Jupyter (not a remote kernel's own tunnel) offers its kernels
     const kernelsLive = t.state === 'ready' && !!t.url && t.jupyter !== false && !t.kernel;
-    const link = q('jt-link') as HTMLAnchorElement | null;
-    if (link) {
-      link.hidden = !live;
-      if (live && link.getAttribute('href') !== t.url) {
-        link.href = t.url as string;
+    const hub = underHub();
+    const target = linkTarget(t, hub);
+    let link = q('jt-link') as HTMLAnchorElement | null;
+    const note = q('jt-hub-note') as HTMLElement | null;
+    if (hub && note) {
+      // a link only while there is one that works from this browser
+      if (target && !link) {
+        link = this._newLink();
+        note.before(link);
+      } else if (!target && link) {
+        link.remove();
+        link = null;
       }
     }
-    const note = q('jt-hub-note') as HTMLElement | null;
+    if (link) {
+      link.hidden = !live || !target;
+      if (live && target && link.getAttribute('href') !== target) {
+        link.setAttribute('href', target);
+      }
+    }
     if (note) {
-      note.hidden = !live;
-      const text = live ? hubNote(t, kernelsLive) : '';
+      const shown = !!live && !target;
+      note.hidden = !shown;
+      const text = shown ? hubNote(t, kernelsLive) : '';
       if (note.textContent !== text) {
         note.textContent = text;
+      }
+      const why = q('jt-serve-why') as HTMLElement | null;
+      const because = shown && t.served_why ? `It cannot be opened through this server: ${t.served_why}` : '';
+      if (why && why.textContent !== because) {
+        why.textContent = because;
+      }
+      if (why) {
+        why.hidden = !because;
       }
     }
     const meta: string[] = [];
