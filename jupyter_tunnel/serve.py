@@ -36,7 +36,13 @@ from .errors import TunnelError
 from .handlers import AUTH_RESOURCE, SERVICE_KEY
 from .rest_errors import ApiError
 from .rest_service import TunnelService
-from .serve_rules import SERVE_PATH, downstream_headers, scrub, served, upstream_headers
+from .serve_rules import (
+    SERVE_PATH,
+    downstream_headers,
+    served,
+    upstream_headers,
+    without_token,
+)
 from .state import State
 
 #: seconds for the remote server's whole answer (a large download takes a while)
@@ -52,7 +58,6 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def initialize(self) -> None:
         self._upstream: WebSocketClientConnection | None = None
         self._subprotocol: str | None = None
-        self._token = ""
         self._pump: asyncio.Task[None] | None = None
 
     @property
@@ -154,7 +159,8 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         for key, value in passed:
             self.add_header(key, value)
         if response.body and method != "HEAD" and response.code not in (204, 304):
-            self.write(scrub(response.body, remote.token))
+            self.write(without_token(response.body, response.headers.get("Content-Type", ""),
+                                     remote.token))
         with contextlib.suppress(StreamClosedError):  # the browser went meanwhile
             await self.finish()
 
@@ -203,7 +209,7 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
                            f"(HTTP {exc.code})", kind="upstream") from None
         except (OSError, WebSocketError, asyncio.TimeoutError) as exc:
             raise self._unreachable(name, exc) from None
-        self._upstream, self._token = upstream, remote.token
+        self._upstream = upstream
         self._subprotocol = upstream.selected_subprotocol
         try:
             await WebSocketHandler.get(self, name, path)
@@ -228,9 +234,7 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
                 message = await upstream.read_message()
                 if message is None or self.ws_connection is None:
                     break
-                data = scrub(message.encode(), self._token).decode() \
-                    if isinstance(message, str) else scrub(message, self._token)
-                await self.write_message(data, binary=isinstance(data, bytes))
+                await self.write_message(message, binary=isinstance(message, bytes))
         except WebSocketClosedError:
             pass
         finally:

@@ -8,6 +8,7 @@ base URL when it starts the server itself (launch).  No tornado here: :mod:`.ser
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,8 +30,6 @@ HOP_BY_HOP = frozenset({
 })
 #: never sent to the browser: the remote server's cookies, and lengths the proxy recomputes
 DROP_DOWNSTREAM = frozenset({"set-cookie", "content-length", "content-encoding"})
-#: what replaces the remote token should an answer contain it
-HIDDEN = b"[token hidden]"
 
 
 def serve_prefix(server_base_url: str) -> str | None:
@@ -87,8 +86,16 @@ def downstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, st
             if k.lower() not in DROP_DOWNSTREAM and k.lower() not in HOP_BY_HOP]
 
 
-def scrub(data: bytes, token: str) -> bytes:
-    """``data`` without the remote token (a page or file that shows it)."""
-    if token and token.encode() in data:
-        return data.replace(token.encode(), HIDDEN)
-    return data
+
+def without_token(body: bytes, content_type: str, token: str) -> bytes:
+    """A remote JupyterLab page with its own token taken out of its page config.
+
+    JupyterLab writes the server's token into every page (``"token": "…"`` in
+    ``jupyter-config-data``) for its script to send back in ``Authorization``.  Served here,
+    the browser must not get it, and must not send it to this server either: with the entry
+    emptied the script authenticates with this server's cookie, and the proxy adds the
+    token upstream.  Only that one entry of an HTML page is changed; nothing else is.
+    """
+    if not token or not content_type.lower().startswith("text/html"):
+        return body
+    return re.sub(rb'"token":\s*"' + re.escape(token.encode()) + rb'"', b'"token": ""', body)

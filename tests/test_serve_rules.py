@@ -15,12 +15,11 @@ import pytest
 from jupyter_tunnel import detect
 from jupyter_tunnel.errors import SpecError
 from jupyter_tunnel.serve_rules import (
-    HIDDEN,
     downstream_headers,
-    scrub,
     serve_prefix,
     served,
     upstream_headers,
+    without_token,
 )
 from jupyter_tunnel.spec import TunnelSpec, check_base_url, parse_hop
 
@@ -101,10 +100,6 @@ def test_downstream_headers_drop_remote_cookies() -> None:
                       ("Content-Security-Policy", "frame-ancestors 'self'")]
 
 
-def test_scrub() -> None:
-    assert scrub(b'{"token": "abc123"}', "abc123") == b'{"token": "' + HIDDEN + b'"}'
-    assert scrub(b"nothing", "abc123") == b"nothing"
-    assert scrub(b"abc", "") == b"abc"
 
 
 # find_server with a wanted base URL, on a stand-in remote ------------------------------
@@ -211,3 +206,12 @@ def test_launch_script_refuses_a_bad_base_url(tmp_path: Path, bad: str) -> None:
     assert not argv_file.exists()
     assert not (tmp_path / "home" / ".cache").exists()  # refused before doing anything
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_the_remote_token_is_taken_out_of_a_page_config_only() -> None:
+    page = b'<script id="jupyter-config-data">{"baseUrl": "/x/", "token": "abc123"}</script>'
+    assert without_token(page, "text/html; charset=UTF-8", "abc123") == \
+        b'<script id="jupyter-config-data">{"baseUrl": "/x/", "token": ""}</script>'
+    assert without_token(page, "application/json", "abc123") == page  # a file: as it is
+    assert without_token(b'{"note": "abc123"}', "text/html", "abc123") == b'{"note": "abc123"}'
+    assert without_token(page, "text/html", "") == page
