@@ -195,8 +195,8 @@ async def test_a_launched_lab_is_served_here(
         assert SERVED.encode() in page.body  # its pages name their URLs under the served path
         # JupyterLab writes its server's token into the page config: emptied here, so the
         # page's script authenticates with this server's login instead
-        config = page.body.split(b'id="jupyter-config-data">', 1)[1].split(b"</script>")[0]
-        assert json.loads(config)["token"] == ""
+        config = page.body.split(b'id="jupyter-config-data"', 1)[1].split(b">", 1)[1]
+        assert json.loads(config.split(b"</script>", 1)[0])["token"] == ""
 
         # the remote server's own cookie (set for its token login) never reaches the browser
         direct = await AsyncHTTPClient().fetch(
