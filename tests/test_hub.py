@@ -79,6 +79,8 @@ def log_in(page: Any, hub: Hub, who: str) -> None:
     page.locator("#password_input").fill(hub.password)
     page.locator("#login_submit").click()
     page.wait_for_url(f"**/user/{hub.users[who].name}/lab**", timeout=120_000)
+    # a fresh workspace: no notebook of an earlier visit restored over the launcher
+    page.goto(f"{hub.url}/user/{hub.users[who].name}/lab?reset")
     page.locator(".jp-Launcher").first.wait_for(timeout=60_000)
 
 
@@ -234,5 +236,100 @@ def test_alice_computes_on_beast_and_bob_sees_none_of_it(hub: Hub, desk: Any,
     finally:
         alice_page.close()
         bob_context.close()
+        with contextlib.suppress(Exception):
+            hub.stop_server("bob")
+
+
+def launched_for(net: Sandbox, base_url: str) -> list[int]:
+    """pids of live Jupyter servers on beast with this base URL (their runtime files)."""
+    runtime = net.home("beast") / ".local" / "share" / "jupyter" / "runtime"
+    pids = []
+    for file in runtime.glob("jpserver-*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(file.read_text())
+            if info.get("base_url") == base_url and os.path.exists(f"/proc/{info['pid']}"):
+                pids.append(int(info["pid"]))
+    return pids
+
+
+def test_alices_launched_lab_is_served_through_her_server(hub: Hub, desk: Any,
+                                                           net: Sandbox) -> None:
+    alice = hub.users["alice"]
+    served = f"/user/{alice.name}/jupyter-tunnel/lab/beast/"
+    beast_ns = net.run_in("beast", ["readlink", "/proc/self/ns/net"], capture_output=True,
+                          text=True).stdout.strip()
+    notebooks = set(net.home("beast").glob("Untitled*.ipynb"))
+    page = desk.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    bob_context = desk.new_context()
+    remote: Any = None
+    step = "alice opens beast via unicorn with 'Start JupyterLab there'"
+    try:
+        log_in(page, hub, "alice")
+        panel = open_panel(page)
+        panel.locator(tid("jt-target")).fill("beast")
+        panel.locator(tid("jt-via")).first.fill("unicorn")
+        panel.locator(".jp-TunnelPanel-options summary").click()
+        panel.locator(tid("jt-launch")).check()
+        panel.locator(tid("jt-open")).click()
+        row = panel.locator(f"{tid('jt-tunnel')}[data-name='beast'][data-state='ready']")
+        row.wait_for(timeout=120_000)
+        link = row.locator(tid("jt-link"))
+        assert link.get_attribute("href") == served + "lab"
+        assert row.locator(tid("jt-hub-note")).is_hidden()
+        assert len(launched_for(net, served)) == 1  # started for her, beside beast's own
+
+        step = "the served JupyterLab, through the hub's proxy"
+        with page.context.expect_page() as new_tab:
+            link.click()
+        remote = new_tab.value
+        remote.set_default_timeout(60_000)
+        remote.wait_for_selector("#jp-main-dock-panel")
+        assert remote.url.startswith(f"{hub.url}{served}lab")
+        config = json.loads(remote.locator("#jupyter-config-data").text_content())
+        assert config["baseUrl"] == served and config["token"] == ""
+        remote.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
+        remote.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+            timeout=90_000)
+        remote.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+        remote.keyboard.type("import os; print(os.readlink('/proc/self/ns/net'))")
+        remote.keyboard.press("Shift+Enter")
+        output = remote.locator(".jp-Notebook .jp-OutputArea-output").first
+        output.wait_for(timeout=60_000)
+        assert output.inner_text().strip() == beast_ns
+        remote.screenshot(path=str(artifact("hub-served-lab.png")))
+
+        step = "bob cannot reach it"
+        bob_page = bob_context.new_page()
+        log_in(bob_page, hub, "bob")
+        answer = bob_page.goto(f"{hub.url}{served}lab")
+        assert answer is not None and answer.status == 403, answer and answer.status
+        assert bob_page.locator("#jp-main-dock-panel").count() == 0
+        status, _ = hub.request("GET", f"{served.lstrip('/')}api/status", hub.token_of("bob"))
+        assert status == 403
+
+        step = "the hub stops alice's server"
+        remote.close()
+        hub.stop_server("alice")
+        wait_until(lambda: hub.processes_of("alice") == [], 30,
+                   f"alice's processes left: {hub.processes_of('alice')}")
+        # what she started on beast keeps running for next time, as with --launch
+        assert len(launched_for(net, served)) == 1
+    except Exception:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(artifact("hub-served-failure.png")))
+            if remote is not None and not remote.is_closed():
+                remote.screenshot(path=str(artifact("hub-served-remote-failure.png")))
+        artifact("hub.log").write_text(hub.log_tail(10**7))
+        print(f"failed at: {step} (the hub's whole log: test-artifacts/hub.log)")
+        raise
+    finally:
+        page.close()
+        bob_context.close()
+        for pid in launched_for(net, served):
+            net.run_in("beast", ["kill", str(pid)])
+        wait_until(lambda: not launched_for(net, served), 20, "the launched Lab did not end")
+        for notebook in set(net.home("beast").glob("Untitled*.ipynb")) - notebooks:
+            notebook.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             hub.stop_server("bob")
