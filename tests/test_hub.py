@@ -160,6 +160,19 @@ def test_alice_computes_on_beast_and_bob_sees_none_of_it(hub: Hub, desk: Any,
         assert len([f for f in beast_kernels(net) if f.endswith('.state')]) == 1
         alice_page.screenshot(path=str(artifact("hub-alice-notebook-on-beast.png")))
 
+        step = "the kernel's own tunnel asks before it is closed"
+        kernel_row = panel.locator(f"{tid('jt-tunnel')}[data-name^='beast-kernel-']")
+        kernel_row.wait_for()
+        assert "carries the remote kernel beast-python3" in \
+            kernel_row.locator(tid("jt-meta")).inner_text()
+        kernel_row.locator(tid("jt-close")).click()
+        dialog = alice_page.locator(".jp-Dialog")
+        dialog.wait_for()
+        assert "closing it cuts that kernel off from its notebook" in dialog.inner_text()
+        dialog.get_by_role("button", name="Cancel").click()
+        dialog.wait_for(state="detached")
+        assert kernel_row.get_attribute("data-state") == "ready"
+
         step = "bob logs in and sees none of it"
         log_in(bob_page, hub, "bob")
         bob_panel = open_panel(bob_page)
@@ -289,8 +302,10 @@ def test_alices_launched_lab_is_served_through_her_server(hub: Hub, desk: Any,
         config = json.loads(remote.locator("#jupyter-config-data").text_content())
         assert config["baseUrl"] == served and config["token"] == ""
         remote.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
-        remote.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
-            timeout=90_000)
+        # connected: the status bar says Idle only once the kernel answered over the
+        # websocket (a cell run before that goes nowhere, as in any JupyterLab)
+        remote.locator(".jp-StatusBar-TextItem", has_text="Python 3 (ipykernel) | Idle") \
+            .first.wait_for(timeout=90_000)
         remote.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
         remote.keyboard.type("import os; print(os.readlink('/proc/self/ns/net'))")
         remote.keyboard.press("Shift+Enter")

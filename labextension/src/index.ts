@@ -10,7 +10,7 @@ import { Dialog, ICommandPalette, Notification, showDialog } from '@jupyterlab/a
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { listTunnels } from './api';
-import { TunnelPanel } from './panel';
+import { carriesKernel, TunnelPanel } from './panel';
 
 /** Two hosts joined by a tube: the panel's icon (coloured like JupyterLab's own icons). */
 const tunnelSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" viewBox="0 0 24 24">
@@ -68,14 +68,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
           });
           return;
         }
+        // a remote kernel's own tunnel closes when its kernel is shut down
+        const kept = tunnels.filter(carriesKernel);
+        tunnels = tunnels.filter(t => !carriesKernel(t));
+        const keptNote = kept.length
+          ? ` ${kept.length} tunnel${kept.length === 1 ? '' : 's'} of running remote kernels ` +
+            'stay: shut those kernels down to close them.'
+          : '';
         if (tunnels.length === 0) {
-          Notification.info('There are no tunnels to close.', { autoClose: 3000 });
+          Notification.info(`There are no tunnels to close.${keptNote}`, { autoClose: 3000 });
           return;
         }
         const names = tunnels.map(t => t.name).join(', ');
         const answer = await showDialog({
           title: 'Close all tunnels?',
-          body: `This closes ${tunnels.length} tunnel${tunnels.length === 1 ? '' : 's'}: ${names}.`,
+          body: `This closes ${tunnels.length} tunnel${tunnels.length === 1 ? '' : 's'}: ${names}.${keptNote}`,
           buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Close all' })]
         });
         if (!answer.button.accept) {

@@ -3,6 +3,7 @@
  *
  * Elements carry `data-testid` attributes (jt-*) for tests and stable class names.
  */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { PageConfig } from '@jupyterlab/coreutils';
 import { KernelSpec } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
@@ -66,6 +67,17 @@ export interface ITunnelPanelOptions {
   /** JupyterLab's kernelspecs (``app.serviceManager.kernelspecs``): reloaded after a
    * remote kernel's kernelspec is installed or removed. */
   kernelspecs?: KernelSpec.IManager | null;
+}
+
+/** Whether a tunnel carries a remote kernel that still runs (its own tunnel). */
+export function carriesKernel(t: ITunnel): boolean {
+  return !!t.kernel && !['failed', 'orphaned', 'closed'].includes(t.state);
+}
+
+/** The remote kernel a tunnel carries, as its kernelspec's name says it. */
+function kernelLabel(t: ITunnel): string {
+  const spec = t.kernel && typeof t.kernel.kernelspec === 'string' ? t.kernel.kernelspec : '';
+  return spec || 'of a notebook';
 }
 
 /** The side panel. */
@@ -157,6 +169,28 @@ export class TunnelPanel extends Widget implements IKernelsHost {
       return;
     }
     this._listError.textContent = '';
+  }
+
+  /**
+   * Close, after asking first when the tunnel carries a live remote kernel: closing it
+   * cuts the kernel off from its notebook (shutting the kernel down closes it anyway).
+   */
+  private async _closeClicked(name: string): Promise<void> {
+    const t = this._tunnels.find(x => x.name === name);
+    if (t && carriesKernel(t)) {
+      const answer = await showDialog({
+        title: `Close ${name}?`,
+        body:
+          `It carries the remote kernel ${kernelLabel(t)}: closing it cuts that kernel off ` +
+          'from its notebook. Shutting the kernel down (Kernel › Shut Down Kernel) closes ' +
+          'this tunnel too.',
+        buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Close anyway' })]
+      });
+      if (!answer.button.accept) {
+        return;
+      }
+    }
+    await this.closeTunnel(name).catch(() => undefined);
   }
 
   /** Close one tunnel by name; reports the error in its row. */
@@ -320,7 +354,7 @@ export class TunnelPanel extends Widget implements IKernelsHost {
       'data-testid': 'jt-close'
     });
     close.addEventListener('click', () => {
-      void this.closeTunnel(name).catch(() => undefined);
+      void this._closeClicked(name);
     });
     top.append(
       el('span', { class: 'jp-TunnelPanel-name', 'data-testid': 'jt-name' }, name),
@@ -424,7 +458,9 @@ export class TunnelPanel extends Widget implements IKernelsHost {
     if (resume) {
       meta.push(resume);
     }
-    if (t.owner && t.owner !== 'server') {
+    if (carriesKernel(t)) {
+      meta.push(`carries the remote kernel ${kernelLabel(t)}`);
+    } else if (t.owner && t.owner !== 'server') {
       meta.push(`opened by ${t.owner} (pid ${t.pid})`);
     }
     q('jt-meta').textContent = meta.join(' · ');
