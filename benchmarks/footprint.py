@@ -28,6 +28,8 @@ the metadata of run.py (meta.py).  Fails (exit 1) when a worker fails, ran on th
 backend, or left a process behind.  Needs root (namespaces) and sshd; run it in private
 namespaces (see benchmarks/README.md).  Everything it starts is removed at the end, also
 after an error, Ctrl-C, SIGTERM or SIGHUP.
+
+The processes and what is counted: footprint_procs.py; the tables: footprint_report.py.
 """
 
 from __future__ import annotations
@@ -37,12 +39,9 @@ import contextlib
 import json
 import os
 import queue
-import re
 import secrets
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,239 +56,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from footprint_procs import HOSTS, MARKER, Census, _netns, by_role, processes  # noqa: E402
+from footprint_report import STEPS, USERS, deltas, roles_table, summarize, table  # noqa: E402
 from meta import code_state, meta  # noqa: E402
 
 BACKENDS = ["openssh", "sshtunnel"]
 #: the namespaces' prefix: "jtfp" + 4 random hex digits (never the tests' or the others')
 PREFIX = "jtfp"
-#: in the environment of the worker and of every process it starts here
-MARKER = "JT_FOOTPRINT"
-SANDBOX_MARKER = "JT_SANDBOX"  # jupyter_tunnel.sandbox.MARKER: in every ssh session's env
-HOSTS = ["here", "unicorn", "beast"]
-STEPS = ["tunnel 1", "tunnel 2", "kernel 1", "kernel 2"]
-#: the number of users the table's last row multiplies one user's total by
-USERS = 100
 
 FULL: dict[str, Any] = {"reps": 3, "settle_s": 2.0}
 QUICK: dict[str, Any] = {"reps": 1, "settle_s": 1.0}
 
-#: (key, label) of the memory table: per host processes, PSS, RSS; the worker's growth
-MEMORY_COLUMNS: list[tuple[str, str]] = [
-    ("here_processes", "here: new processes"),
-    ("here_pss_mb", "here: their PSS MB"),
-    ("here_rss_mb", "here: their RSS MB"),
-    ("python_pss_mb", "here: Python process growth, PSS MB"),
-    ("python_rss_mb", "here: Python growth, RSS MB"),
-    ("unicorn_processes", "unicorn: processes"),
-    ("unicorn_pss_mb", "unicorn: PSS MB"),
-    ("unicorn_rss_mb", "unicorn: RSS MB"),
-    ("beast_processes", "beast: processes"),
-    ("beast_pss_mb", "beast: PSS MB"),
-    ("beast_rss_mb", "beast: RSS MB"),
-]
-#: (key, label) of the sshd table
-SSHD_COLUMNS: list[tuple[str, str]] = [
-    ("unicorn_tcp", "unicorn: TCP connections into sshd"),
-    ("unicorn_sshd", "unicorn: sshd processes"),
-    ("unicorn_logins", "unicorn: logins"),
-    ("unicorn_sessions_started", "unicorn: sessions started"),
-    ("unicorn_sessions", "unicorn: sessions running"),
-    ("beast_tcp", "beast: TCP connections into sshd"),
-    ("beast_sshd", "beast: sshd processes"),
-    ("beast_logins", "beast: logins"),
-    ("beast_sessions_started", "beast: sessions started"),
-    ("beast_sessions", "beast: sessions running"),
-]
-FIGURES = [key for key, _ in MEMORY_COLUMNS + SSHD_COLUMNS]
-
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-# --- /proc ----------------------------------------------------------------------------------
-
-
-def _kb(path: str, name: str) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(name):
-                return int(line.split()[1])
-    return 0
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(PSS, RSS) of a process in MB (10^6 bytes); (0, 0) when it is gone."""
-    pss = _kb(f"/proc/{pid}/smaps_rollup", "Pss:")
-    rss = _kb(f"/proc/{pid}/status", "VmRSS:")
-    return pss * 1024 / 1e6, rss * 1024 / 1e6
-
-
-def _netns(pid: int | str) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/net")
-    except OSError:
-        return ""
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:160] or "?"
-
-
-def processes() -> dict[int, dict[str, Any]]:
-    """Every process: {pid: {start, ppid, net, env (raw bytes), cmd}} (kernel threads left
-    out: no cmdline)."""
-    out: dict[int, dict[str, Any]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            cmd = Path(entry.path, "cmdline").read_bytes()
-            env = Path(entry.path, "environ").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if not cmd or stat[0] in "ZX":
-            continue
-        out[pid] = {"start": int(stat[19]), "ppid": int(stat[1]), "net": _netns(pid),
-                    "env": b"\0" + env, "cmd": cmd.replace(b"\0", b" ").decode(
-                        errors="replace").strip()[:160]}
-    return out
-
-
-def role(host: str, cmd: str) -> str:
-    """What a counted process is, from its host and command line."""
-    if cmd.startswith(("sshd", "/usr/sbin/sshd")):
-        return "sshd (per connection)"
-    if host == "here":
-        if cmd.startswith("ssh ") and " -W " in cmd:
-            return "ssh ProxyJump helper (ssh -W)"
-        if cmd.startswith("ssh ") and " -M " in cmd:
-            return "ssh ControlMaster"
-        return "other"
-    if "ipykernel_launcher" in cmd:
-        return "ipykernel"
-    if " -I -c import sys;exec(" in cmd:
-        return "resume helper (python -I)"
-    if " -c import sys;exec(" in cmd:
-        return "kernel nanny (python)"
-    return "other"
-
-
-def by_role(processes_: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """{"HOST: ROLE": {processes, pss_mb, rss_mb}} of a snapshot's processes."""
-    out: dict[str, dict[str, float]] = {}
-    for proc in processes_:
-        entry = out.setdefault(f"{proc['host']}: {proc['role']}",
-                               {"processes": 0.0, "pss_mb": 0.0, "rss_mb": 0.0})
-        entry["processes"] += 1
-        entry["pss_mb"] += proc["pss_mb"]
-        entry["rss_mb"] += proc["rss_mb"]
-    return out
-
-
-def tcp_into(pid: int, address: str, port: int) -> int:
-    """Established TCP connections whose local end is address:port, in the network namespace
-    of process pid (its /proc/PID/net/tcp)."""
-    local = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
-    try:
-        rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return 0
-    return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "01")
-
-
-def log_counts(path: Path) -> dict[str, int]:
-    """In an sshd log (LogLevel VERBOSE): logins accepted and sessions started (OpenSSH 9.2
-    logs no session's end at this level)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {"logins": 0, "started": 0}
-    return {"logins": len(re.findall(r"Accepted \S+ for ", text)),
-            "started": text.count("Starting session: ")}
-
-
-# --- the report (pure) ----------------------------------------------------------------------
-
-
-def deltas(snaps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """From snapshots [baseline, after step 1, ..., after step 4]: {step: {figure: value}},
-    each step against the previous one, and ``total`` (after the last against the
-    baseline).  A snapshot holds cumulative figures (see :meth:`Footprint.snapshot`)."""
-    out: dict[str, dict[str, float]] = {}
-    pairs = [(STEPS[i], snaps[i], snaps[i + 1]) for i in range(len(snaps) - 1)]
-    if len(snaps) > 1:
-        pairs.append(("total", snaps[0], snaps[-1]))
-    for name, before, after in pairs:
-        out[name] = {k: round(after["figures"][k] - before["figures"][k], 3)
-                     for k in FIGURES if k in after["figures"] and k in before["figures"]}
-    return out
-
-
-def summarize(samples: dict[str, dict[str, dict[str, list[float]]]]
-              ) -> dict[str, dict[str, dict[str, float]]]:
-    """The median of each backend's samples of each step's figures."""
-    return {b: {step: {k: statistics.median(v) for k, v in figs.items() if v}
-                for step, figs in steps.items()}
-            for b, steps in samples.items()}
-
-
-def roles_table(roles: dict[str, dict[str, dict[str, float]]], backends: list[str]) -> str:
-    """Markdown: what one user's processes are after the last step (medians), per host and
-    role, each backend."""
-    present = [b for b in backends if b in roles]
-    names = sorted({name for b in present for name in roles[b]},
-                   key=lambda n: (HOSTS.index(n.split(":")[0]), n))
-    lines = ["| host: process | backend | processes | PSS MB | RSS MB | PSS MB each |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for name in names:
-        for backend in present:
-            got = roles[backend].get(name)
-            if not got:
-                continue
-            each = got["pss_mb"] / got["processes"] if got["processes"] else None
-            lines.append(f"| {name} | {backend} | {_fmt(got['processes'], 'n')} | "
-                         f"{_fmt(got['pss_mb'], 'pss_mb')} | {_fmt(got['rss_mb'], 'rss_mb')} | "
-                         f"{_fmt(each, 'pss_mb')} |")
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None, key: str) -> str:
-    if value is None:
-        return "-"
-    if not key.endswith("_mb"):
-        return f"{value:g}" if value == int(value) else f"{value:.1f}"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.1f}"
-
-
-def table(results: dict[str, dict[str, dict[str, float]]], backends: list[str]) -> str:
-    """Two Markdown tables (memory and processes per host; sshd), rows: step x backend, then
-    the total of one user and that total times USERS."""
-    present = [b for b in backends if b in results]
-    rows = [*STEPS, "total", "users"]
-    text = []
-    for columns in (MEMORY_COLUMNS, SSHD_COLUMNS):
-        lines = ["| step | backend | " + " | ".join(label for _, label in columns) + " |",
-                 "| --- | --- | " + " | ".join("---:" for _ in columns) + " |"]
-        for row in rows:
-            for backend in present:
-                source = results[backend].get("total" if row == "users" else row, {})
-                factor = USERS if row == "users" else 1
-                label = {"total": "one user (2 tunnels, 2 kernels)",
-                         "users": f"{USERS} users (x{USERS})"}.get(row, row)
-                cells = [_fmt(source[k] * factor if k in source else None, k)
-                         for k, _ in columns]
-                lines.append(f"| {label} | {backend} | " + " | ".join(cells) + " |")
-        text.append("\n".join(lines))
-    return "\n\n".join(text)
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -316,9 +96,7 @@ class Footprint:
         self.worker: subprocess.Popen[str] | None = None
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.runs = 0
-        self.here_net = _netns("self")
-        self.host_net: dict[str, str] = {}
-        self.sshd_pid: dict[str, int] = {}
+        self.census = Census(self.net)
         self.installed: dict[str, Any] = {}
 
     # setup -------------------------------------------------------------------------------
@@ -327,11 +105,11 @@ class Footprint:
         for name in ("unicorn", "beast"):
             proc = self.net.hosts[name]._proc
             assert proc is not None
-            self.sshd_pid[name] = proc.pid
-            self.host_net[name] = _netns(proc.pid)
-        if len({self.here_net, *self.host_net.values()}) != 3:
+            self.census.sshd_pid[name] = proc.pid
+            self.census.host_net[name] = _netns(proc.pid)
+        if len({self.census.here_net, *self.census.host_net.values()}) != 3:
             raise RuntimeError(f"hosts do not have network namespaces of their own: "
-                               f"{self.here_net}, {self.host_net}")
+                               f"{self.census.here_net}, {self.census.host_net}")
         (self.dir / "config").mkdir()
         run_dir = self.dir / "install"
         (run_dir / "runtime").mkdir(parents=True)
@@ -363,77 +141,6 @@ class Footprint:
         if backend:
             env["JUPYTER_TUNNEL_BACKEND"] = backend
         return env
-
-    # attribution ----------------------------------------------------------------------------
-    def host_of(self, info: dict[str, Any]) -> str | None:
-        if info["net"] == self.here_net:
-            return "here"
-        for name, net in self.host_net.items():
-            if info["net"] == net:
-                return name
-        return None
-
-    def counted(self, pid: int, info: dict[str, Any], run_dir: Path,
-                table: dict[int, dict[str, Any]] | None = None) -> bool:
-        """A process of the run: the run's marker (here), the sandbox's marker or a
-        descendant of the sandbox's sshd (unicorn, beast)."""
-        host = self.host_of(info)
-        if host is None or pid == os.getpid():
-            return False
-        if host == "here":
-            return f"\0{MARKER}={run_dir}\0".encode() in info["env"]
-        if pid == self.sshd_pid[host]:
-            return False  # the listener: the sandbox's, before any run
-        if f"\0{SANDBOX_MARKER}={self.net.dir}\0".encode() in info["env"]:
-            return True
-        seen, parent = 0, info["ppid"]
-        while table is not None and parent > 1 and seen < 64:
-            if parent == self.sshd_pid[host]:
-                return True
-            parent, seen = table.get(parent, {}).get("ppid", 0), seen + 1
-        return False
-
-    def snapshot(self, baseline: set[tuple[int, int]], run_dir: Path,
-                 worker: int) -> dict[str, Any]:
-        """Cumulative figures: per host the processes of the run not in the baseline and
-        their PSS and RSS; the worker's PSS and RSS; per sshd its processes, established
-        TCP connections, logins and open sessions (from its log)."""
-        table_ = processes()
-        figures: dict[str, float] = {f"{h}_{k}": 0.0 for h in HOSTS
-                                     for k in ("processes", "pss_mb", "rss_mb")}
-        listed: list[dict[str, Any]] = []
-        for pid, info in sorted(table_.items()):
-            if (pid, info["start"]) in baseline or pid == worker:
-                continue
-            if not self.counted(pid, info, run_dir, table_):
-                continue
-            host = self.host_of(info)
-            pss, rss = memory_mb(pid)
-            figures[f"{host}_processes"] += 1
-            figures[f"{host}_pss_mb"] += pss
-            figures[f"{host}_rss_mb"] += rss
-            parent = table_.get(info["ppid"], {}).get("cmd", "?")
-            listed.append({"host": host, "role": role(str(host), info["cmd"]),
-                           "pid": pid, "ppid": info["ppid"],
-                           "parent": parent[:40], "cmd": info["cmd"],
-                           "pss_mb": round(pss, 3), "rss_mb": round(rss, 3)})
-        figures["python_pss_mb"], figures["python_rss_mb"] = memory_mb(worker)
-        for name in ("unicorn", "beast"):
-            sandbox_host = self.net.hosts[name]
-            sshd = [p for p, i in table_.items()
-                    if self.host_of(i) == name and i["cmd"].startswith(("sshd", "/usr/sbin/sshd"))
-                    and p != self.sshd_pid[name]]
-            figures[f"{name}_sshd"] = len(sshd)
-            # a session's command is a child of its connection's sshd
-            figures[f"{name}_sessions"] = sum(
-                1 for i in table_.values()
-                if i["ppid"] in sshd and not i["cmd"].startswith(("sshd", "/usr/sbin/sshd")))
-            figures[f"{name}_tcp"] = tcp_into(self.sshd_pid[name], sandbox_host.address,
-                                              sandbox_host.port)
-            logged = log_counts(self.net.dir / name / "sshd.log")
-            figures[f"{name}_logins"] = logged["logins"]
-            figures[f"{name}_sessions_started"] = logged["started"]
-        return {"figures": figures, "processes": listed}
 
     # one worker run --------------------------------------------------------------------------
     def _read(self, timeout: float) -> dict[str, Any]:
@@ -474,7 +181,7 @@ class Footprint:
                 raise RuntimeError(f"the worker imported {ready.get('package')}, not {package}")
             time.sleep(self.cfg["settle_s"])
             baseline = {(p, i["start"]) for p, i in processes().items()}
-            snaps = [self.snapshot(baseline, run_dir, self.worker.pid)]
+            snaps = [self.census.snapshot(baseline, run_dir, self.worker.pid)]
             for number, name in enumerate(STEPS, 1):
                 self._send("next\n")
                 done = self._read(300)
@@ -482,7 +189,7 @@ class Footprint:
                     raise RuntimeError(f"step {number} ({name}): the worker said {done}")
                 record["steps"].append(done)
                 time.sleep(self.cfg["settle_s"])
-                snaps.append(self.snapshot(baseline, run_dir, self.worker.pid))
+                snaps.append(self.census.snapshot(baseline, run_dir, self.worker.pid))
                 say(f"  {backend} {name}: " + ", ".join(
                     f"{h} {snaps[-1]['figures'][f'{h}_processes']:g} proc "
                     f"{snaps[-1]['figures'][f'{h}_pss_mb']:.1f} MB PSS" for h in HOSTS))
@@ -565,13 +272,13 @@ class Footprint:
         end = time.monotonic() + 20
         while True:
             table_ = processes()
-            left = {p: i for p, i in table_.items()
-                    if (p, i["start"]) not in baseline and self.counted(p, i, run_dir, table_)}
+            left = {p: i for p, i in table_.items() if (p, i["start"]) not in baseline
+                    and self.census.counted(p, i, run_dir, table_)}
             if not left or time.monotonic() > end:
                 break
             time.sleep(0.2)
         _kill_pids(set(left))
-        return [f"{self.host_of(i)}:{p}:{i['cmd']}" for p, i in sorted(left.items())]
+        return [f"{self.census.host_of(i)}:{p}:{i['cmd']}" for p, i in sorted(left.items())]
 
     def cleanup_all(self) -> None:
         """Whatever any run left: the worker, its processes here (marker), what runs in the

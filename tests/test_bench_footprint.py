@@ -1,4 +1,4 @@
-"""The footprint benchmark (benchmarks/footprint.py): its pure parts (deltas, medians, the
+"""The footprint benchmark (benchmarks/footprint*.py): its pure parts (deltas, medians, the
 tables, the arguments), and a --quick run on the test network whose figures are sane and
 which leaves nothing behind (how much anything costs is not judged here)."""
 
@@ -27,11 +27,13 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-footprint = _load("footprint")
+footprint = _load("footprint")  # puts benchmarks/ on sys.path for the two below
+footprint_procs = _load("footprint_procs")
+footprint_report = _load("footprint_report")
 
 
 def _snap(**figures: float) -> dict[str, object]:
-    return {"figures": {k: figures.get(k, 0.0) for k in footprint.FIGURES}}
+    return {"figures": {k: figures.get(k, 0.0) for k in footprint_report.FIGURES}}
 
 
 def test_deltas_against_the_previous_step() -> None:
@@ -40,8 +42,8 @@ def test_deltas_against_the_previous_step() -> None:
              _snap(here_processes=2, python_pss_mb=51.5, unicorn_tcp=1),
              _snap(here_processes=2, python_pss_mb=57.0, unicorn_tcp=1),
              _snap(here_processes=2, python_pss_mb=57.0, unicorn_tcp=1)]
-    got = footprint.deltas(snaps)
-    assert list(got) == [*footprint.STEPS, "total"]
+    got = footprint_report.deltas(snaps)
+    assert list(got) == [*footprint_report.STEPS, "total"]
     assert got["tunnel 1"]["here_processes"] == 2 and got["tunnel 1"]["unicorn_tcp"] == 1
     assert got["tunnel 2"]["here_processes"] == 0 and got["tunnel 2"]["python_pss_mb"] == 0.5
     assert got["kernel 1"]["python_pss_mb"] == 5.5
@@ -52,31 +54,31 @@ def test_medians_and_tables() -> None:
     samples = {"openssh": {"tunnel 1": {"here_processes": [2, 2, 3], "here_pss_mb": [5.0, 4.0,
                                                                                      6.0]},
                            "total": {"beast_processes": [9, 9, 9], "beast_pss_mb": [180.0]}}}
-    results = footprint.summarize(samples)
+    results = footprint_report.summarize(samples)
     assert results["openssh"]["tunnel 1"] == {"here_processes": 2, "here_pss_mb": 5.0}
-    text = footprint.table(results, ["openssh", "sshtunnel"])
+    text = footprint_report.table(results, ["openssh", "sshtunnel"])
     assert "| tunnel 1 | openssh | 2 | 5.0 | - |" in text  # absent backends left out
     assert "sshtunnel" not in text
-    assert f"| {footprint.USERS} users (x{footprint.USERS}) | openssh |" in text
+    assert f"| {footprint_report.USERS} users (x{footprint_report.USERS}) | openssh |" in text
     assert "| 900 | 18,000 |" in text  # one user's total times USERS
     roles = {"openssh": {"beast: ipykernel": {"processes": 2, "pss_mb": 80.0, "rss_mb": 107.0},
                          "here: ssh ControlMaster": {"processes": 1, "pss_mb": 2.5,
                                                      "rss_mb": 4.4}}}
-    text = footprint.roles_table(roles, ["openssh"])
+    text = footprint_report.roles_table(roles, ["openssh"])
     assert text.index("here: ssh ControlMaster") < text.index("beast: ipykernel")
     assert "| beast: ipykernel | openssh | 2 | 80.0 | 107 | 40.0 |" in text
 
 
 def test_roles() -> None:
-    assert footprint.role("beast", "sshd: alice@notty") == "sshd (per connection)"
-    assert footprint.role("here", "ssh -F x -v -W [10.0.0.1]:22 unicorn") \
+    assert footprint_procs.role("beast", "sshd: alice@notty") == "sshd (per connection)"
+    assert footprint_procs.role("here", "ssh -F x -v -W [10.0.0.1]:22 unicorn") \
         == "ssh ProxyJump helper (ssh -W)"
-    assert footprint.role("here", "ssh -F x -v -N -M -S sock beast") == "ssh ControlMaster"
-    assert footprint.role("beast", "python3 -I -c import sys;exec(sys.stdin.buffer."
-                                   "readline())") == "resume helper (python -I)"
-    assert footprint.role("beast", "python -c import sys;exec(sys.stdin.buffer."
-                                   "readline())") == "kernel nanny (python)"
-    assert footprint.role("beast", "python -m ipykernel_launcher -f k.json") == "ipykernel"
+    assert footprint_procs.role("here", "ssh -F x -v -N -M -S sock beast") == "ssh ControlMaster"
+    assert footprint_procs.role("beast", "python3 -I -c import sys;exec(sys.stdin.buffer."
+                                         "readline())") == "resume helper (python -I)"
+    assert footprint_procs.role("beast", "python -c import sys;exec(sys.stdin.buffer."
+                                         "readline())") == "kernel nanny (python)"
+    assert footprint_procs.role("beast", "python -m ipykernel_launcher -f k.json") == "ipykernel"
 
 
 def test_arguments() -> None:
