@@ -41,6 +41,7 @@ from .serve_rules import (
     downstream_headers,
     served,
     upstream_headers,
+    upstream_query,
     without_token,
 )
 from .state import State
@@ -59,6 +60,14 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         self._upstream: WebSocketClientConnection | None = None
         self._subprotocol: str | None = None
         self._pump: asyncio.Task[None] | None = None
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        """A page is checked as any page of this server (a signed-out browser is sent to the
+        login, under a hub to the hub's); a websocket is refused, not redirected."""
+        if self.request.headers.get("Upgrade", "").lower() == "websocket":
+            await super().prepare(*args, **kwargs)
+        else:
+            await JupyterHandler.prepare(self)
 
     @property
     def service(self) -> TunnelService:
@@ -91,7 +100,8 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def _upstream_url(self, remote: RemoteServer, port: int, websocket: bool) -> str:
         scheme = ("wss" if remote.secure else "ws") if websocket else \
             ("https" if remote.secure else "http")
-        query = f"?{self.request.query}" if self.request.query else ""
+        kept = upstream_query(self.request.query)
+        query = f"?{kept}" if kept else ""
         return f"{scheme}://127.0.0.1:{port}{self.request.path}{query}"
 
     def _upstream_headers(self, token: str) -> HTTPHeaders:

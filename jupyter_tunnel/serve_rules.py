@@ -9,6 +9,7 @@ base URL when it starts the server itself (launch).  No tornado here: :mod:`.ser
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,8 @@ DROP_UPSTREAM = frozenset({
     "authorization", "cookie", "x-xsrftoken", "x-csrftoken", "host", "origin", "referer",
     "content-length", "accept-encoding", "proxy-authorization",
 })
+#: query parameters never sent upstream: credentials for *this* server
+DROP_QUERY = frozenset({"token", "_xsrf"})
 #: hop-by-hop headers (RFC 9110 7.6.1), never passed on either way
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -78,6 +81,14 @@ def upstream_headers(headers: Iterable[tuple[str, str]], token: str) -> list[tup
     if token:
         kept.append(("Authorization", f"token {token}"))
     return kept
+
+
+def upstream_query(query: str) -> str:
+    """The request's query as sent to the remote server: without this server's credentials
+    (``token``, a hub token included, and ``_xsrf``), otherwise unchanged."""
+    kept = [part for part in query.split("&")
+            if part and urllib.parse.unquote_plus(part.split("=", 1)[0]) not in DROP_QUERY]
+    return "&".join(kept)
 
 
 def downstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

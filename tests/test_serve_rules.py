@@ -19,6 +19,7 @@ from jupyter_tunnel.serve_rules import (
     serve_prefix,
     served,
     upstream_headers,
+    upstream_query,
     without_token,
 )
 from jupyter_tunnel.spec import TunnelSpec, check_base_url, parse_hop
@@ -215,3 +216,11 @@ def test_the_remote_token_is_taken_out_of_a_page_config_only() -> None:
     assert without_token(page, "application/json", "abc123") == page  # a file: as it is
     assert without_token(b'{"note": "abc123"}', "text/html", "abc123") == b'{"note": "abc123"}'
     assert without_token(page, "text/html", "") == page
+
+
+def test_this_servers_credentials_stay_out_of_the_upstream_query() -> None:
+    assert upstream_query("token=mine&path=a%20b&_xsrf=x&format=json") == \
+        "path=a%20b&format=json"
+    assert upstream_query("to%6Ben=mine") == ""  # however it is spelled
+    assert upstream_query("") == ""
+    assert upstream_query("tokens=1&x") == "tokens=1&x"
