@@ -230,6 +230,8 @@ def test_alice_computes_on_beast_and_bob_sees_none_of_it(hub: Hub, desk: Any,
         hub.stop_server("alice")
         wait_until(lambda: hub.processes_of("alice") == [], 30,
                    f"alice's processes left: {hub.processes_of('alice')}")
+        # the spawner's SIGINT stopped her server cleanly (jupyter_server's own shutdown)
+        assert "SIGINT under JupyterHub: stopping the server" in hub.log_tail(10**7)
         assert port_is_free(port)
         wait_until(lambda: beast_kernels(net) == [], 30,
                    f"alice's kernel left on beast: {beast_kernels(net)}")
