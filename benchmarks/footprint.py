@@ -47,15 +47,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from driver import (  # noqa: E402
+    KERNEL_PACKAGES,
+    each,
+    exit_on_signal,
+    package_versions,
+    pids_with_marker_prefix,
+    rotate,
+)
 from footprint_procs import HOSTS, MARKER, Census, _netns, by_role, processes  # noqa: E402
 from footprint_report import STEPS, USERS, deltas, roles_table, summarize, table  # noqa: E402
 from meta import code_state, meta  # noqa: E402
@@ -285,17 +291,11 @@ class Footprint:
         sandbox's namespaces (the sandbox ends it), the sandbox, the folder."""
         from jupyter_tunnel.sandbox_procs import _kill_pids
 
-        steps: list[Callable[[], object]] = [
-            self.stop_worker,
-            lambda: _kill_pids(_pids_with_marker_prefix(str(self.dir))),
-            self.net.stop,
-            lambda: shutil.rmtree(self.dir, ignore_errors=True),
-        ]
-        for step in steps:
-            try:
-                step()
-            except BaseException as exc:  # the next steps must run too
-                say(f"cleanup: {type(exc).__name__}: {exc}")
+        each(self.stop_worker,
+             lambda: _kill_pids(pids_with_marker_prefix(MARKER, str(self.dir))),
+             self.net.stop,
+             lambda: shutil.rmtree(self.dir, ignore_errors=True),
+             report=say)
 
     def run(self) -> dict[str, Any]:
         started = time.time()
@@ -305,7 +305,7 @@ class Footprint:
             self.setup()
             for rep in range(self.cfg["reps"]):
                 say(f"repetition {rep + 1}/{self.cfg['reps']}")
-                for backend in _rotate(self.backends, rep):
+                for backend in rotate(self.backends, rep):
                     self.run_one(backend)
         finally:
             self.cleanup_all()
@@ -314,7 +314,8 @@ class Footprint:
                  "kernelspec": self.installed, "users": USERS, "steps": STEPS,
                  "sshd": "MaxStartups 100:30:200, MaxSessions 100, LogLevel VERBOSE "
                          "(the sandbox's sshd_config on unicorn and beast)",
-                 "versions": _versions()}
+                 "versions": {**package_versions(KERNEL_PACKAGES),
+                              "sshd": _sshd_version()}}
         results = summarize(self.samples)
         return {"meta": meta(started, load_before, self.cfg, self.backends, None, extra,
                              code),
@@ -323,44 +324,9 @@ class Footprint:
                 "failures": self.failures}
 
 
-def _rotate(items: list[str], k: int) -> list[str]:
-    k %= max(1, len(items))
-    return items[k:] + items[:k]
-
-
-def _pids_with_marker_prefix(prefix: str) -> set[int]:
-    """Pids whose environment has MARKER=<a folder under prefix>."""
-    needle, pids = f"\0{MARKER}={prefix}".encode(), set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in b"\0" + Path(entry.path, "environ").read_bytes():
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    pids.discard(os.getpid())
-    return pids
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("jupyter_client", "ipykernel", "pyzmq", "sshtunnel"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = ""
-    out["sshd"] = subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True,
-                                 check=False).stderr.strip()
-    return out
-
-
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    sys.exit(128 + signum)
+def _sshd_version() -> str:
+    return subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True,
+                          check=False).stderr.strip()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -390,7 +356,7 @@ def main() -> None:
         sys.exit("the benchmark needs root (network namespaces), sshd and ssh: see "
                  "benchmarks/README.md")
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+        signal.signal(sig, exit_on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in background
     bench = Footprint(args)
     try:

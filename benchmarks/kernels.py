@@ -39,15 +39,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from driver import (  # noqa: E402
+    KERNEL_PACKAGES,
+    each,
+    exit_on_signal,
+    package_versions,
+    pids_with_marker_prefix,
+    rotate,
+)
 from meta import code_state, meta  # noqa: E402
 
 CONTENDERS = ["local", "jt-openssh", "jt-sshtunnel", "five-ports"]
@@ -151,11 +157,6 @@ def table(results: dict[str, dict[str, float]], contenders: list[str],
 
 
 # --- the run ------------------------------------------------------------------------------
-
-
-def _rotate(items: list[str], k: int) -> list[str]:
-    k %= max(1, len(items))
-    return items[k:] + items[:k]
 
 
 class KernelBench:
@@ -293,17 +294,11 @@ class KernelBench:
         (the sandbox kills what runs in its namespaces), the sandbox, the folder."""
         from jupyter_tunnel.sandbox_procs import _kill_pids
 
-        steps: list[Callable[[], object]] = [
-            self.stop_worker,
-            lambda: _kill_pids(_pids_with_marker_prefix(str(self.dir))),
-            self.net.stop,
-            lambda: shutil.rmtree(self.dir, ignore_errors=True),
-        ]
-        for step in steps:
-            try:
-                step()
-            except BaseException as exc:  # the next steps must run too
-                say(f"cleanup: {type(exc).__name__}: {exc}")
+        each(self.stop_worker,
+             lambda: _kill_pids(pids_with_marker_prefix(MARKER, str(self.dir))),
+             self.net.stop,
+             lambda: shutil.rmtree(self.dir, ignore_errors=True),
+             report=say)
 
     def run(self) -> dict[str, Any]:
         started = time.time()
@@ -313,7 +308,7 @@ class KernelBench:
             self.setup()
             for rep in range(self.cfg["reps"]):
                 say(f"repetition {rep + 1}/{self.cfg['reps']}")
-                for contender in _rotate(self.contenders, rep):
+                for contender in rotate(self.contenders, rep):
                     self.run_one(contender)
         finally:
             self.cleanup_all()
@@ -324,7 +319,7 @@ class KernelBench:
                                "LAUNCH` (5 free ports, connection file, exec ipykernel); "
                                "ssh -S SOCK -O forward -L x5; interrupt by "
                                "`ssh -S SOCK beast-via-unicorn kill -INT PID`",
-                 "versions": _versions()}
+                 "versions": package_versions(KERNEL_PACKAGES)}
         results = summarize(self.samples)
         return {"meta": meta(started, load_before, self.cfg, self.contenders, None, extra,
                              code),
@@ -338,39 +333,6 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return "?"
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120] or "?"
-
-
-def _pids_with_marker_prefix(prefix: str) -> set[int]:
-    """Pids whose environment has MARKER=<a folder under prefix>."""
-    needle, pids = f"\0{MARKER}={prefix}".encode(), set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in b"\0" + Path(entry.path, "environ").read_bytes():
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    pids.discard(os.getpid())
-    return pids
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("jupyter_client", "ipykernel", "pyzmq", "sshtunnel"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = ""
-    return out
-
-
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    sys.exit(128 + signum)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -400,7 +362,7 @@ def main() -> None:
         sys.exit("the benchmark needs root (network namespaces), sshd and ssh: see "
                  "benchmarks/README.md")
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+        signal.signal(sig, exit_on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in background
     bench = KernelBench(args)
     try:

@@ -30,15 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from driver import each, exit_on_signal, rotate  # noqa: E402
 from meta import code_state, meta  # noqa: E402
 from procs import Procs, cpu_by_pid, pss_mb, rss_mb  # noqa: E402
 from report import failures, goals, resume_cost, summarize, table  # noqa: E402
@@ -125,7 +124,7 @@ class Bench:
         """Cold: nothing else up; warm: a second tunnel while the first is up."""
         tunnel_contenders = [c for c in self.contenders if c != "ceiling"]
         for round_ in range(self.cfg["ready_rounds"]):
-            for contender in _rotate(tunnel_contenders, round_):
+            for contender in rotate(tunnel_contenders, round_):
                 first = self.procs.open(contender, count=1, forward=0)
                 self.procs.check_own_ssh(first)  # cold: not a leftover master's reuse
                 second = self.procs.open(contender, count=1, forward=0)
@@ -148,7 +147,7 @@ class Bench:
 
     def bulk(self, rep: int) -> None:
         size = self.cfg["bulk_mib"] << 20
-        for contender in _rotate(self.contenders, rep):
+        for contender in rotate(self.contenders, rep):
             url, token, port = self.endpoints(contender)
             pids = self.procs.forwarding_pids(contender)
             cpu0 = cpu_by_pid(pids)
@@ -170,7 +169,7 @@ class Bench:
                     self.add(contender, f"cpu_s_per_gib:{role}", seconds * per_gib)
 
     def latency(self, rep: int) -> None:
-        for contender in _rotate(self.contenders, rep):
+        for contender in rotate(self.contenders, rep):
             _, _, port = self.endpoints(contender)
             idle = self.client(contender, "latency", "127.0.0.1", str(port),
                                str(self.cfg["lat_idle"]))
@@ -185,7 +184,7 @@ class Bench:
             self.add(contender, "latency_busy_p99_ms", busy["p99_ms"])
 
     def connections(self, rep: int) -> None:
-        for contender in _rotate(self.contenders, rep):
+        for contender in rotate(self.contenders, rep):
             url, token, _ = self.endpoints(contender)
             seq = self.client(contender, "sequential", url + "api/status", token,
                               str(self.cfg["sequential"]))
@@ -261,9 +260,9 @@ class Bench:
             finished = True
         finally:
             # after a failure, report cleanup errors without hiding the failure
-            _each(self.procs.close_all, self._stop_server, self.net.stop,
-                  lambda: shutil.rmtree(self.runtime, ignore_errors=True),
-                  report=None if finished else self.say)
+            each(self.procs.close_all, self._stop_server, self.net.stop,
+                 lambda: shutil.rmtree(self.runtime, ignore_errors=True),
+                 report=None if finished else self.say)
         extra = {"prefix": self.net.prefix, "runtime_dir": str(self.runtime),
                  "sandbox_dir": str(self.net.dir), "packages": self.procs.packages}
         return {"meta": meta(started, load_before, self.cfg, self.contenders, self.baseline,
@@ -274,36 +273,6 @@ class Bench:
         if self.server is not None:
             self.server.kill()
             self.server.wait()
-
-
-def _each(*steps: Callable[[], object],
-          report: Callable[[str], None] | None = None) -> None:
-    """Run every step even when one fails (or is interrupted); then raise the first error,
-    or with ``report`` only report the errors."""
-    first: BaseException | None = None
-    for step in steps:
-        try:
-            step()
-        except BaseException as exc:  # the next steps must run too
-            first = first or exc
-            if report is not None:
-                report(f"cleanup: {type(exc).__name__}: {exc}")
-    if first is not None and report is None:
-        raise first
-
-
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM/SIGHUP: exit through sys.exit, so that finally blocks and atexit clean up
-    (further signals are ignored meanwhile)."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    sys.exit(128 + signum)
-
-
-def _rotate(items: list[str], k: int) -> list[str]:
-    """The contenders in turn, each repetition starting with another one."""
-    k %= max(1, len(items))
-    return items[k:] + items[:k]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -345,7 +314,7 @@ def main() -> None:
         sys.exit("the benchmark needs root (network namespaces), sshd and ssh: see "
                  "benchmarks/README.md")
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+        signal.signal(sig, exit_on_signal)
     bench = Bench(args)
     data = bench.run()
     print(table(data["results"], args.contenders, bench.cfg, markdown=args.markdown))

@@ -39,9 +39,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from driver import each, exit_on_signal  # noqa: E402
 from meta import code_state, meta  # noqa: E402
 from procs import Procs, pss_mb, rss_mb  # noqa: E402
-from run import _each, _exit_on_signal  # noqa: E402
 
 from jupyter_tunnel.sandbox import Sandbox  # noqa: E402
 
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+        signal.signal(sig, exit_on_signal)
     started, load_before = time.time(), os.getloadavg()
     code = code_state(HERE.parent)  # what runs: the checkout may change meanwhile
     bench = SimpleNamespace(runtime=Path(tempfile.mkdtemp(prefix="jt-soak-")), baseline=None)
@@ -205,9 +205,9 @@ def main() -> None:
             thread.join()
         finished = True
     finally:
-        _each(procs.close_all, stop_server, bench.net.stop,
-              lambda: shutil.rmtree(bench.runtime, ignore_errors=True),
-              report=None if finished else lambda text: print(text, file=sys.stderr))
+        each(procs.close_all, stop_server, bench.net.stop,
+             lambda: shutil.rmtree(bench.runtime, ignore_errors=True),
+             report=None if finished else lambda text: print(text, file=sys.stderr))
     summary = {}
     for contender, state in states.items():
         samples = state["samples"]
