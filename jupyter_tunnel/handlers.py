@@ -48,8 +48,9 @@ API = "/jupyter-tunnel/api"
 T = TypeVar("T")
 
 
-class TunnelAPIHandler(ExtensionHandlerMixin, APIHandler):
-    """Shared parts: the service, running blocking work off the loop, JSON errors."""
+class TunnelHandlerMixin(web.RequestHandler):
+    """What every handler of ours shares (the REST API's and the served JupyterLab's): the
+    resource the authorizer is asked about, the service, errors as JSON."""
 
     auth_resource = AUTH_RESOURCE
 
@@ -57,6 +58,25 @@ class TunnelAPIHandler(ExtensionHandlerMixin, APIHandler):
     def service(self) -> TunnelService:
         service: TunnelService = self.settings[SERVICE_KEY]
         return service
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error as JSON with a message a person can act on (no traceback, no token)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            body = exc.body()
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message % exc.args if exc.log_message else exc.reason
+            body = {"message": message or responses.get(status_code, "error"), "kind": "http",
+                    "hop": None}
+        else:
+            body = {"message": "unexpected server error; see the Jupyter server's log",
+                    "kind": "error", "hop": None}
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+
+class TunnelAPIHandler(TunnelHandlerMixin, ExtensionHandlerMixin, APIHandler):
+    """The REST API's handlers: running blocking work off the loop, JSON answers."""
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking engine call in the service's threads; engine errors become answers."""
@@ -99,21 +119,6 @@ class TunnelAPIHandler(ExtensionHandlerMixin, APIHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Every error as JSON with a message a person can act on (no traceback, no token)."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            body = exc.body()
-        elif isinstance(exc, web.HTTPError):
-            message = exc.log_message % exc.args if exc.log_message else exc.reason
-            body = {"message": message or responses.get(status_code, "error"), "kind": "http",
-                    "hop": None}
-        else:
-            body = {"message": "unexpected server error; see the Jupyter server's log",
-                    "kind": "error", "hop": None}
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
 
 
 class TunnelsHandler(TunnelAPIHandler):

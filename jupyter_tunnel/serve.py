@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from http.client import responses
 from typing import Any
 
@@ -33,9 +32,8 @@ from tornado.websocket import (
 
 from .detect import RemoteServer
 from .errors import TunnelError
-from .handlers import AUTH_RESOURCE, SERVICE_KEY
+from .handlers import TunnelHandlerMixin
 from .rest_errors import ApiError
-from .rest_service import TunnelService
 from .serve_rules import (
     SERVE_PATH,
     downstream_headers,
@@ -51,10 +49,8 @@ REQUEST_TIMEOUT = 600.0
 CONNECT_TIMEOUT = 20.0
 
 
-class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+class ServeHandler(TunnelHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
     """``jupyter-tunnel/lab/NAME/PATH``: tunnel NAME's remote JupyterLab, served here."""
-
-    auth_resource = AUTH_RESOURCE
 
     def initialize(self) -> None:
         self._upstream: WebSocketClientConnection | None = None
@@ -68,11 +64,6 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             await super().prepare(*args, **kwargs)
         else:
             await JupyterHandler.prepare(self)
-
-    @property
-    def service(self) -> TunnelService:
-        service: TunnelService = self.settings[SERVICE_KEY]
-        return service
 
     # which server ---------------------------------------------------------
     def _target(self, name: str) -> tuple[RemoteServer, int]:
@@ -178,21 +169,6 @@ class ServeHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         what = type(exc).__name__ if exc is not None else "no answer"
         return ApiError(502, f"the remote Jupyter of tunnel {name} did not answer through the "
                         f"tunnel ({what})", kind="unreachable")
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Errors as JSON with a message a person can act on (no token, no traceback)."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            body = exc.body()
-        elif isinstance(exc, web.HTTPError):
-            message = exc.log_message % exc.args if exc.log_message else exc.reason
-            body = {"message": message or responses.get(status_code, "error"), "kind": "http",
-                    "hop": None}
-        else:
-            body = {"message": "unexpected server error; see the Jupyter server's log",
-                    "kind": "error", "hop": None}
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
 
     # websockets ---------------------------------------------------------------
     async def _websocket(self, name: str, path: str) -> None:
