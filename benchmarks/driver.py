@@ -5,11 +5,16 @@ find what a run left by its marker, and note the versions it ran with."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jupyter_tunnel.sandbox import Sandbox
 
 #: the packages whose versions the remote-kernel benchmarks note
 KERNEL_PACKAGES = ("jupyter_client", "ipykernel", "pyzmq", "sshtunnel")
@@ -43,6 +48,30 @@ def exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(128 + signum)
+
+
+def start_as_root() -> None:
+    """What a driver's main does first: refuse to run without root (namespaces) and ssh,
+    and let SIGTERM and SIGHUP leave through ``finally`` (:func:`exit_on_signal`)."""
+    if os.geteuid() != 0 or not shutil.which("ssh"):
+        sys.exit("the benchmark needs root (network namespaces), sshd and ssh: see "
+                 "benchmarks/README.md")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, exit_on_signal)
+
+
+def end_run(stop_worker: Callable[[], object], net: Sandbox, marker: str, folder: Path,
+            report: Callable[[str], None]) -> None:
+    """The end of a run with workers (kernels.py, footprint.py), whatever happened: the
+    worker, the processes here that carry the run's marker, the sandbox (it ends what runs
+    in its namespaces), the run's folder; every step runs, errors are reported."""
+    from jupyter_tunnel.sandbox_procs import _kill_pids
+
+    each(stop_worker,
+         lambda: _kill_pids(pids_with_marker_prefix(marker, str(folder))),
+         net.stop,
+         lambda: shutil.rmtree(folder, ignore_errors=True),
+         report=report)
 
 
 def pids_with_marker_prefix(marker: str, prefix: str) -> set[int]:

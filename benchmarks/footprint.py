@@ -40,7 +40,6 @@ import json
 import os
 import queue
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -56,11 +55,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from driver import (  # noqa: E402
     KERNEL_PACKAGES,
-    each,
-    exit_on_signal,
+    end_run,
     package_versions,
-    pids_with_marker_prefix,
     rotate,
+    start_as_root,
 )
 from footprint_procs import HOSTS, MARKER, Census, _netns, by_role, processes  # noqa: E402
 from footprint_report import STEPS, USERS, deltas, roles_table, summarize, table  # noqa: E402
@@ -289,13 +287,7 @@ class Footprint:
     def cleanup_all(self) -> None:
         """Whatever any run left: the worker, its processes here (marker), what runs in the
         sandbox's namespaces (the sandbox ends it), the sandbox, the folder."""
-        from jupyter_tunnel.sandbox_procs import _kill_pids
-
-        each(self.stop_worker,
-             lambda: _kill_pids(pids_with_marker_prefix(MARKER, str(self.dir))),
-             self.net.stop,
-             lambda: shutil.rmtree(self.dir, ignore_errors=True),
-             report=say)
+        end_run(self.stop_worker, self.net, MARKER, self.dir, say)
 
     def run(self) -> dict[str, Any]:
         started = time.time()
@@ -352,11 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if os.geteuid() != 0 or not shutil.which("ssh"):
-        sys.exit("the benchmark needs root (network namespaces), sshd and ssh: see "
-                 "benchmarks/README.md")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, exit_on_signal)
+    start_as_root()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in background
     bench = Footprint(args)
     try:

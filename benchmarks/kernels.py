@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -48,11 +47,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from driver import (  # noqa: E402
     KERNEL_PACKAGES,
-    each,
-    exit_on_signal,
+    end_run,
     package_versions,
-    pids_with_marker_prefix,
     rotate,
+    start_as_root,
 )
 from meta import code_state, meta  # noqa: E402
 
@@ -292,13 +290,7 @@ class KernelBench:
     def cleanup_all(self) -> None:
         """Whatever any run left: workers, their processes here (marker), kernels on beast
         (the sandbox kills what runs in its namespaces), the sandbox, the folder."""
-        from jupyter_tunnel.sandbox_procs import _kill_pids
-
-        each(self.stop_worker,
-             lambda: _kill_pids(pids_with_marker_prefix(MARKER, str(self.dir))),
-             self.net.stop,
-             lambda: shutil.rmtree(self.dir, ignore_errors=True),
-             report=say)
+        end_run(self.stop_worker, self.net, MARKER, self.dir, say)
 
     def run(self) -> dict[str, Any]:
         started = time.time()
@@ -358,11 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if os.geteuid() != 0 or not shutil.which("ssh"):
-        sys.exit("the benchmark needs root (network namespaces), sshd and ssh: see "
-                 "benchmarks/README.md")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, exit_on_signal)
+    start_as_root()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in background
     bench = KernelBench(args)
     try:

@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from driver import each, exit_on_signal, rotate  # noqa: E402
+from driver import each, rotate, start_as_root  # noqa: E402
 from meta import code_state, meta  # noqa: E402
 from procs import Procs, cpu_by_pid, pss_mb, rss_mb  # noqa: E402
 from report import failures, goals, resume_cost, summarize, table  # noqa: E402
@@ -310,11 +309,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if os.geteuid() != 0 or not shutil.which("ssh"):
-        sys.exit("the benchmark needs root (network namespaces), sshd and ssh: see "
-                 "benchmarks/README.md")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, exit_on_signal)
+    start_as_root()
     bench = Bench(args)
     data = bench.run()
     print(table(data["results"], args.contenders, bench.cfg, markdown=args.markdown))
