@@ -4,32 +4,21 @@ which leaves nothing behind (how much anything costs is not judged here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from conftest import need
+from conftest import BENCH, load_benchmark, need
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-footprint = _load("footprint")  # puts benchmarks/ on sys.path for the two below
-footprint_procs = _load("footprint_procs")
-footprint_report = _load("footprint_report")
+footprint = load_benchmark("footprint")  # puts benchmarks/ on sys.path for the two below
+footprint_procs = load_benchmark("footprint_procs")
+footprint_report = load_benchmark("footprint_report")
 
 
 def _snap(**figures: float) -> dict[str, object]:

@@ -3,26 +3,13 @@ the argument checks (benchmarks/kernels.py and kernel_worker.py; no network)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_benchmark
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-kernels = _load("kernels")
-worker = _load("kernel_worker")
+kernels = load_benchmark("kernels")
+worker = load_benchmark("kernel_worker")
 
 RESULTS = {"local": {"cold_start_s": 0.5, "rtt_p50_ms": 4.0, "lines_per_s": 80_000.0},
            "jt-openssh": {"cold_start_s": 2.0, "rtt_p50_ms": 6.0, "lines_per_s": 40_000.0},

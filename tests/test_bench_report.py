@@ -3,28 +3,16 @@ percentiles and the HTTP checks of the client, and run.py's argument checks."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import BENCH, load_benchmark
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load("report")
-client = _load("client")
+report = load_benchmark("report")
+client = load_benchmark("client")
 
 CFG = {"bulk_mib": 32, "sequential": 200, "concurrent": 50, "many": 20}
 CLEAN = {"jupyter_down_mbps": 200.0, "latency_busy_p50_ms": 5.0, "sequential_s": 0.3,
@@ -203,13 +191,13 @@ def test_run_arguments_refused(args: list[str], message: str) -> None:
 
 
 def test_run_contenders_default_and_picked() -> None:
-    run = _load("run")
+    run = load_benchmark("run")
     assert run.parse_args([]).contenders == [
         "ceiling", "openssh", "jt-openssh", "jt-sshtunnel", "jt-openssh-resume",
         "jt-sshtunnel-resume"]
     picked = run.parse_args(["--quick", "--contenders", "jt-sshtunnel-resume"])
     assert picked.contenders == ["openssh", "jt-sshtunnel-resume"]  # the reference added
-    procs = _load("procs")
+    procs = load_benchmark("procs")
     assert [(procs.Procs.backend(c), procs.Procs.resume(c)) for c in
             ("jt-openssh", "jt-openssh-resume", "jt-sshtunnel-resume", "jt-baseline")] == [
         ("openssh", False), ("openssh", True), ("sshtunnel", True), ("sshtunnel", False)]
@@ -219,7 +207,7 @@ def test_run_contenders_default_and_picked() -> None:
 def test_detached_sys_path_check(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    procs = _load("procs")
+    procs = load_benchmark("procs")
     root = BENCH.parent
     baseline = tmp_path / "base"
     (baseline / "jupyter_tunnel").mkdir(parents=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launched import end_launched, launched_pids
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 
@@ -55,20 +56,6 @@ def service(jp_serverapp: Any) -> TunnelService:
     return found
 
 
-def launched_pids(net: Sandbox, base_url: str) -> list[int]:
-    """The pids of the live Jupyter servers on beast whose base URL is ``base_url``."""
-    runtime = net.home("beast") / ".local" / "share" / "jupyter" / "runtime"
-    pids = []
-    for file in runtime.glob("jpserver-*.json"):
-        try:
-            info = json.loads(file.read_text())
-        except (OSError, ValueError):
-            continue
-        if info.get("base_url") == base_url and Path(f"/proc/{info['pid']}").exists():
-            pids.append(int(info["pid"]))
-    return pids
-
-
 def children(pid: int) -> list[int]:
     """The pids whose parent is ``pid`` (the server's kernels)."""
     found = []
@@ -87,11 +74,7 @@ def children(pid: int) -> list[int]:
 def no_launched_left(net: Sandbox) -> Iterator[None]:
     """Stop the servers the test's launches left on beast (closing a tunnel leaves them)."""
     yield
-    for pid in launched_pids(net, SERVED):
-        net.run_in("beast", ["kill", str(pid)])
-    deadline = time.monotonic() + 15
-    while launched_pids(net, SERVED) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    end_launched(net, SERVED)
 
 
 async def fetch(jp_fetch: Any, *parts: str, method: str = "GET", body: Any = None,

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from browser import Lab, artifact
+from launched import end_launched, launched_pids, launched_servers
 from test_hub_links import HUB_SETTINGS
 from test_panel import open_panel, tid, tunnel_lab
 
@@ -24,41 +23,20 @@ pytest_plugins = ["browser"]
 SERVED = "/jupyter-tunnel/lab/beast/"  # the test Lab's base URL is /
 
 
-def launched(net: Sandbox) -> list[int]:
-    """Live servers on beast with the served base URL (a tunnel's close leaves them)."""
-    runtime = net.home("beast") / ".local" / "share" / "jupyter" / "runtime"
-    pids = []
-    for file in runtime.glob("jpserver-*.json"):
-        try:
-            info = json.loads(file.read_text())
-        except (OSError, ValueError):
-            continue
-        if info.get("base_url") == SERVED and Path(f"/proc/{info['pid']}").exists():
-            pids.append(int(info["pid"]))
-    return pids
-
-
 def launched_token(net: Sandbox) -> str:
     """The token of the live server on beast with the served base URL."""
-    runtime = net.home("beast") / ".local" / "share" / "jupyter" / "runtime"
-    for file in runtime.glob("jpserver-*.json"):
-        info = json.loads(file.read_text())
-        if info.get("base_url") == SERVED and Path(f"/proc/{info['pid']}").exists():
-            token = str(info.get("token") or "")
-            assert len(token) >= 32, "the launched server has no token"
-            return token
-    raise AssertionError("no launched server on beast")
+    servers = launched_servers(net, SERVED)
+    assert servers, "no launched server on beast"
+    token = str(servers[0].get("token") or "")
+    assert len(token) >= 32, "the launched server has no token"
+    return token
 
 
 @pytest.fixture
 def cleanup_beast(net: Sandbox) -> Iterator[None]:
     before = set(net.home("beast").glob("Untitled*.ipynb"))
     yield
-    for pid in launched(net):
-        net.run_in("beast", ["kill", str(pid)])
-    deadline = time.monotonic() + 15
-    while launched(net) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    end_launched(net, SERVED)
     for notebook in set(net.home("beast").glob("Untitled*.ipynb")) - before:
         notebook.unlink(missing_ok=True)
 
@@ -90,7 +68,7 @@ def test_the_panel_links_to_the_served_lab(lab_factory: Callable[..., Lab], brow
         assert link.get_attribute("href") == SERVED + "lab"
         assert row.locator(tid("jt-hub-note")).is_hidden()
         assert row.locator(tid("jt-serve-why")).is_hidden()
-        pids = launched(net)
+        pids = launched_pids(net, SERVED)
         assert len(pids) == 1
         panel.screenshot(path=str(artifact("serve-panel-link.png")))
 
