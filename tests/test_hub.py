@@ -28,6 +28,7 @@ import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS, artifact
 from conftest import need, port_is_free
 from hub_rig import PROXY, Hub
+from launched import end_launched, launched_pids
 from test_panel import tid
 
 from jupyter_tunnel import procinfo
@@ -49,9 +50,11 @@ def hub(net: Sandbox) -> Iterator[Hub]:
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def desk(hub: Hub) -> Iterator[Any]:
-    """A headless chromium in the desk's namespace: it reaches the hub's proxy only."""
+    """A headless chromium in the desk's namespace: it reaches the hub's proxy only.  One
+    per test: Playwright's loop must be gone before an autouse asyncio fixture (pytest-jupyter's,
+    once another module loaded it) closes the test's loop."""
     if not os.path.exists(CHROMIUM):
         need("chromium not installed (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
@@ -255,18 +258,6 @@ def test_alice_computes_on_beast_and_bob_sees_none_of_it(hub: Hub, desk: Any,
             hub.stop_server("bob")
 
 
-def launched_for(net: Sandbox, base_url: str) -> list[int]:
-    """pids of live Jupyter servers on beast with this base URL (their runtime files)."""
-    runtime = net.home("beast") / ".local" / "share" / "jupyter" / "runtime"
-    pids = []
-    for file in runtime.glob("jpserver-*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            info = json.loads(file.read_text())
-            if info.get("base_url") == base_url and os.path.exists(f"/proc/{info['pid']}"):
-                pids.append(int(info["pid"]))
-    return pids
-
-
 def test_alices_launched_lab_is_served_through_her_server(hub: Hub, desk: Any,
                                                            net: Sandbox) -> None:
     alice = hub.users["alice"]
@@ -292,7 +283,7 @@ def test_alices_launched_lab_is_served_through_her_server(hub: Hub, desk: Any,
         link = row.locator(tid("jt-link"))
         assert link.get_attribute("href") == served + "lab"
         assert row.locator(tid("jt-hub-note")).is_hidden()
-        assert len(launched_for(net, served)) == 1  # started for her, beside beast's own
+        assert len(launched_pids(net, served)) == 1  # started for her, beside beast's own
 
         step = "the served JupyterLab, through the hub's proxy"
         with page.context.expect_page() as new_tab:
@@ -331,7 +322,7 @@ def test_alices_launched_lab_is_served_through_her_server(hub: Hub, desk: Any,
         wait_until(lambda: hub.processes_of("alice") == [], 30,
                    f"alice's processes left: {hub.processes_of('alice')}")
         # what she started on beast keeps running for next time, as with --launch
-        assert len(launched_for(net, served)) == 1
+        assert len(launched_pids(net, served)) == 1
     except Exception:
         with contextlib.suppress(Exception):
             page.screenshot(path=str(artifact("hub-served-failure.png")))
@@ -343,9 +334,7 @@ def test_alices_launched_lab_is_served_through_her_server(hub: Hub, desk: Any,
     finally:
         page.close()
         bob_context.close()
-        for pid in launched_for(net, served):
-            net.run_in("beast", ["kill", str(pid)])
-        wait_until(lambda: not launched_for(net, served), 20, "the launched Lab did not end")
+        assert end_launched(net, served, 20), "the launched Lab did not end"
         for notebook in set(net.home("beast").glob("Untitled*.ipynb")) - notebooks:
             notebook.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
